@@ -1,0 +1,92 @@
+# ops-hpc: the Makefile only bootstraps .venv and names the jobs; tasks.py and bin/ do the work.
+# Windows: `py -m venv .venv && .venv\Scripts\pip install -r requirements.txt -c requirements.lock`,
+# then `.venv\Scripts\invoke --list` gives the same jobs.
+
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+INVOKE := $(BIN)/invoke
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements.lock | cksum | cut -d' ' -f1)
+
+BATCH ?= batches/example.txt
+JOBS ?= batches/jobs.txt
+DIR ?= results
+INTERVAL ?= 60
+MINUTES ?= 30
+NAME ?=
+RUN ?=
+
+.PHONY: help venv lock lint test demo localcloud-up localcloud-down localcloud-status \
+	build run run-staged stage pull watch verify status setup cleanup sweep log monitor \
+	extend abort emergency stop-vm bench-pull bench
+
+help:  ## list the jobs
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 20
+
+$(STAMP): requirements.txt requirements.lock
+	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	@echo "installing pinned dependencies into $(VENV) ..."
+	@$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt -c requirements.lock
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)  ## create .venv with the pinned dependencies
+
+lock: venv  ## regenerate requirements.lock from the current .venv
+	@(echo '# Full resolved set from `pip freeze` (constraints for `make venv`). Regenerate with `make lock`.'; \
+	  $(PYTHON) -m pip freeze --exclude-editable) > requirements.lock
+
+lint: venv  ## ruff check
+	$(BIN)/ruff check .
+
+test: lint  ## lint, then the whole test suite on the local cloud
+	$(PYTHON) -m pytest -q
+
+demo: venv  ## the whole run-staged pipeline on the local cloud with real OpenSees
+	$(INVOKE) demo
+
+localcloud-up: venv  ## start the local cloud
+	$(PYTHON) bin/localcloud up
+localcloud-down: venv  ## stop the local cloud and everything it started
+	$(PYTHON) bin/localcloud down
+localcloud-status: venv  ## what the local cloud runs
+	$(PYTHON) bin/localcloud status
+
+build: venv  ## build the opensees-hpc image
+	$(INVOKE) build
+run: venv  ## run JOBS over ssh with deadlines
+	$(INVOKE) run --jobs $(JOBS)
+run-staged: venv  ## stage BATCH, launch a self-deleting VM (WAIT=1 to follow and pull)
+	$(INVOKE) run-staged --batch $(BATCH) $(if $(WAIT),--wait) $(if $(VMS),--vms $(VMS)) $(if $(SPOT),--spot)
+stage: venv  ## zip and upload BATCH's models
+	$(PYTHON) bin/stage $(BATCH)
+pull: venv  ## download, verify and clean every result set into DIR
+	$(PYTHON) bin/pull --yes --dir $(DIR)
+watch: venv  ## keep pulling every INTERVAL seconds until Ctrl+C
+	$(PYTHON) bin/pull --yes --watch --interval $(INTERVAL) --dir $(DIR)
+verify: venv  ## re-check DIR against GCS or the manifests
+	$(PYTHON) bin/verify --dir $(DIR)
+status: venv  ## image, VMs, bucket and costs
+	$(INVOKE) status
+setup: venv  ## check credentials, APIs, bucket, permissions and quota
+	$(INVOKE) setup
+cleanup: venv  ## delete every ops-hpc VM and wipe the bucket (asks first)
+	$(INVOKE) cleanup
+sweep: venv  ## delete overdue or stopped ops-hpc VMs now
+	$(PYTHON) bin/sweep
+log: venv  ## progress and log tail of RUN (default: latest)
+	$(INVOKE) log $(if $(RUN),--run-id $(RUN))
+monitor: venv  ## CPU, memory, disk of VM NAME
+	$(INVOKE) monitor --name $(NAME)
+extend: venv  ## give the running job MINUTES more
+	$(INVOKE) extend --minutes $(MINUTES)
+abort: venv  ## kill OpenSees on VM NAME; the VM stays
+	$(INVOKE) abort --name $(NAME)
+emergency: venv  ## push whatever is on VM NAME's disk to the bucket now
+	$(INVOKE) emergency --name $(NAME)
+stop-vm: venv  ## delete VM NAME now
+	$(INVOKE) stop-vm --name $(NAME)
+
+bench-pull: venv  ## benchmark bin/pull against gcloud storage rsync (not part of make test)
+	$(PYTHON) -m pytest -q -s tests/bench/bench_pull.py
+bench: bench-pull

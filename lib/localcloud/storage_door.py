@@ -1,0 +1,234 @@
+"""The storage door: a small streaming proxy in front of fake-gcs-server.
+
+Two reasons it exists:
+- fake-gcs-server's filesystem backend maps an object named `a/../../x` (a legal
+  GCS name) to a path outside its root. The door refuses names with `..` segments
+  when the store is a filesystem, so rehearsing a hostile bucket cannot write on
+  the user's disk. (Tests of hostile names use the memory backend, which keeps
+  such names faithfully, and the door lets them through there.)
+- It is where storage faults are injected: HTTP errors, connection resets,
+  stalls, and same-size corruption of downloaded bytes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import struct
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from lib.localcloud.faults import FaultRegistry
+
+CHUNK = 1 << 20
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
+
+
+def unsafe_name(name: str) -> bool:
+    """True when a filesystem store would resolve the name outside its bucket folder."""
+    return any(part == ".." for part in name.replace("\\", "/").split("/"))
+
+
+def names_in_request(method: str, raw_path: str, body_head: bytes) -> list[str]:
+    """Every object name a storage request refers to: in the path, the query, or the JSON metadata."""
+    parts = urlsplit(raw_path)
+    names = list(parse_qs(parts.query).get("name", []))
+    segs = parts.path.split("/")
+    # .../b/BUCKET/o/NAME[/copyTo|rewriteTo/b/B2/o/NAME2]; names are %-encoded single segments.
+    for i, seg in enumerate(segs[:-1]):
+        if seg == "o" and i >= 2 and segs[i - 2] == "b":
+            names.append(unquote(segs[i + 1]))
+    if body_head[:1] == b"{":
+        try:
+            meta = json.loads(body_head)
+            if isinstance(meta, dict) and isinstance(meta.get("name"), str):
+                names.append(meta["name"])
+        except ValueError:
+            pass
+    elif b'"name"' in body_head[:65536]:  # multipart upload: the first part is the JSON metadata
+        start = body_head.find(b"{")
+        end = body_head.find(b"}", start)
+        if start >= 0 and end > start:
+            try:
+                meta = json.loads(body_head[start : end + 1])
+                if isinstance(meta.get("name"), str):
+                    names.append(meta["name"])
+            except ValueError:
+                pass
+    return names
+
+
+class StorageDoor:
+    """A threaded HTTP proxy from `host:port` to fake-gcs-server at `upstream` (host, port)."""
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        *,
+        faults: FaultRegistry | None = None,
+        gate_names: bool = True,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        door = self
+
+        class Handler(_DoorHandler):
+            pass
+
+        Handler.door = door
+        self.upstream = upstream
+        self.faults = faults
+        self.gate_names = gate_names
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.host, self.port = self.server.server_address[:2]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> StorageDoor:
+        self._thread = threading.Thread(target=self.server.serve_forever, name="storage-door", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _DoorHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    door: StorageDoor
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    # every method goes through one path
+    def do_GET(self) -> None:
+        self._proxy()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
+
+    def _upstream(self) -> http.client.HTTPConnection:
+        conn = getattr(self, "_conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(*self.door.upstream, timeout=600)
+            self._conn = conn
+        return conn
+
+    def _send_json(self, code: int, message: str) -> None:
+        body = json.dumps({"error": {"code": code, "message": message, "errors": [
+            {"message": message, "domain": "global", "reason": "invalid" if code == 400 else "backendError"}]}}).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _reset(self) -> None:
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+
+    def _read_body(self) -> bytes | None:
+        """The request body: small ones are buffered (to inspect names); None means stream it."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        if length <= 16 * CHUNK:
+            return self.rfile.read(length) if length else b""
+        return None
+
+    def _proxy(self) -> None:
+        door = self.door
+        fault = door.faults.take("storage", self.command, self.path) if door.faults else None
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self._read_body()
+        if fault is not None:
+            if fault.kind.startswith("http:"):
+                self._send_json(int(fault.kind[5:]), f"injected fault: HTTP {fault.kind[5:]}")
+                return
+            if fault.kind == "reset":
+                self._reset()
+                return
+            if fault.kind == "stall":
+                time.sleep(fault.seconds)
+        if door.gate_names:
+            head = body if body is not None else b""
+            bad = [n for n in names_in_request(self.command, self.path, head[:65536]) if unsafe_name(n)]
+            if bad:
+                self._send_json(400, f"the local cloud refuses object name {bad[0]!r}: its filesystem store "
+                                     "cannot hold '..' segments safely (use the memory backend to rehearse such names)")
+                return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
+        headers["Host"] = f"{door.upstream[0]}:{door.upstream[1]}"
+        conn = self._upstream()
+        try:
+            if body is not None:
+                headers["Content-Length"] = str(len(body))
+                conn.request(self.command, self.path, body=body, headers=headers)
+            else:
+                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for k, v in headers.items():
+                    conn.putheader(k, v)
+                conn.endheaders()
+                remaining = length
+                while remaining:
+                    chunk = self.rfile.read(min(CHUNK, remaining))
+                    if not chunk:
+                        break
+                    conn.send(chunk)
+                    remaining -= len(chunk)
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException):
+            self._conn = None
+            conn.close()
+            self._send_json(503, "local cloud: storage backend unavailable")
+            return
+        corrupt = fault is not None and fault.kind == "corrupt"
+        self._relay(resp, corrupt)
+
+    def _relay(self, resp: http.client.HTTPResponse, corrupt: bool) -> None:
+        self.send_response(resp.status, resp.reason)
+        known_length = resp.getheader("Content-Length")
+        payload = None if known_length is not None or self.command == "HEAD" else resp.read()
+        for k, v in resp.getheaders():
+            if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
+                self.send_header(k, v)
+        size = int(known_length) if known_length is not None else len(payload or b"")
+        if self.command != "HEAD" or known_length is not None:
+            self.send_header("Content-Length", str(size))
+        self.end_headers()
+        if payload is not None:
+            self.wfile.write(_flip(payload) if corrupt else payload)
+            return
+        first = True
+        while True:
+            chunk = resp.read(CHUNK)
+            if not chunk:
+                break
+            if corrupt and first:
+                chunk = _flip(chunk)
+            first = False
+            self.wfile.write(chunk)
+
+
+def _flip(data: bytes) -> bytes:
+    """Same size, different content: what a bad disk or a bad middlebox does."""
+    if not data:
+        return data
+    mid = len(data) // 2
+    return data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1 :]

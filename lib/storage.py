@@ -1,0 +1,137 @@
+"""Cloud Storage calls, each through the one retry policy (lib/retry.py).
+
+The library's own retries are switched off (`retry=None`) so `retry.call` owns
+them. Writes are made idempotent before they are retried: an upload carries
+`if_generation_match` (0 = "only if absent", or the generation we saw), and a
+delete carries the generation we verified, so a retry after a lost response
+can never overwrite or delete something newer.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+
+from lib import clients, retry
+from lib.config import Config
+from lib.errors import OpsError
+
+CHUNK = 8 << 20
+
+
+def crc32c_file(path: Path) -> str:
+    """Base64 CRC32C of a file, in the form GCS reports it (`Blob.crc32c`)."""
+    crc = google_crc32c.Checksum()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            crc.update(block)
+    return base64.b64encode(crc.digest()).decode()
+
+
+def crc32c_hex(b64: str) -> str:
+    return base64.b64decode(b64).hex()
+
+
+def client(cfg: Config) -> Any:
+    return clients.storage(clients.resolve(cfg))
+
+
+def bucket(cfg: Config) -> Any:
+    return client(cfg).bucket(cfg.bucket_name)
+
+
+def ensure_bucket(cfg: Config, on_log: Callable[[str], None] = lambda _: None) -> bool:
+    """Create the bucket if missing, with uniform access and public access prevention; True if created."""
+    from google.api_core import exceptions as gexc
+
+    gcs = client(cfg)
+    try:
+        retry.call(gcs.get_bucket, cfg.bucket_name, retry=None)
+        return False
+    except gexc.NotFound:
+        pass
+    except gexc.Forbidden:
+        raise OpsError(f"bucket gs://{cfg.bucket_name} exists but belongs to someone else, or you lack access: "
+                       "choose another name with OPS_HPC_BUCKET") from None
+    b = gcs.bucket(cfg.bucket_name)
+    b.iam_configuration.uniform_bucket_level_access_enabled = True
+    b.iam_configuration.public_access_prevention = "enforced"
+    try:
+        retry.call(gcs.create_bucket, b, location=cfg.region_name, retry=None)
+    except gexc.Conflict:
+        return False  # created meanwhile by a concurrent call: same outcome
+    on_log(f"created bucket gs://{cfg.bucket_name} (uniform access, public access prevention enforced)")
+    return True
+
+
+def list_blobs(cfg: Config, prefix: str = "", *, delimiter: str | None = None) -> list[Any]:
+    """Every object under `prefix` (all pages), with size, crc32c, md5 and generation."""
+    def fetch() -> list[Any]:
+        return list(client(cfg).list_blobs(cfg.bucket_name, prefix=prefix or None, delimiter=delimiter, retry=None))
+
+    return retry.call(fetch)
+
+
+def get_blob(cfg: Config, name: str) -> Any | None:
+    """The object's metadata, or None if absent."""
+    return retry.call(bucket(cfg).get_blob, name, retry=None)
+
+
+def upload_file(cfg: Config, path: Path, name: str, *, content_type: str | None = None, skip_same: bool = True) -> Any:
+    """Upload unless an identical object (same CRC32C) is already there; never overwrite a newer one blindly."""
+    local_crc = crc32c_file(path)
+    existing = get_blob(cfg, name)
+    if existing is not None and skip_same and existing.crc32c == local_crc:
+        return existing
+    blob = bucket(cfg).blob(name)
+    generation = existing.generation if existing is not None else 0
+    retry.call(blob.upload_from_filename, str(path), content_type=content_type, if_generation_match=generation,
+               checksum="crc32c", retry=None)
+    return blob
+
+
+def upload_bytes(cfg: Config, name: str, data: bytes, *, content_type: str = "text/plain") -> Any:
+    """Write a small object (status files, batch descriptions), replacing whatever was there."""
+    blob = bucket(cfg).blob(name)
+
+    def write() -> None:
+        existing = bucket(cfg).get_blob(name, retry=None)
+        blob.upload_from_string(data, content_type=content_type, retry=None,
+                                if_generation_match=existing.generation if existing else 0)
+
+    retry.call(write)
+    return blob
+
+
+def download_bytes(cfg: Config, name: str) -> bytes | None:
+    """A small object's content, or None if absent."""
+    from google.api_core import exceptions as gexc
+
+    try:
+        return retry.call(bucket(cfg).blob(name).download_as_bytes, retry=None, checksum="crc32c")
+    except gexc.NotFound:
+        return None
+
+
+def delete_blob(cfg: Config, name: str, generation: int | None) -> bool:
+    """Delete only the generation we know about; False if it is gone or was replaced meanwhile."""
+    from google.api_core import exceptions as gexc
+
+    try:
+        retry.call(bucket(cfg).blob(name).delete, if_generation_match=generation, retry=None)
+        return True
+    except (gexc.NotFound, gexc.PreconditionFailed):
+        return False
+
+
+def delete_prefix(cfg: Config, prefix: str) -> int:
+    """Delete every object under `prefix` (cleanup); returns how many."""
+    return sum(delete_blob(cfg, b.name, b.generation) for b in list_blobs(cfg, prefix))
+
+
+def bucket_names(blobs: Iterable[Any]) -> list[str]:
+    return sorted({b.name for b in blobs})
