@@ -1,0 +1,98 @@
+"""Config precedence and validation: every bad value names its key and its source."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from lib import config as config_mod
+from lib.config import Config
+from lib.errors import ConfigError
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path):
+    toml = tmp_path / "ops-hpc.toml"
+    toml.write_text('zone = "europe-west4-a"\nmachine_type = "c2d-standard-56"\nproject = "file-project"\n')
+    env = {"OPS_HPC_ZONE": "us-east1-b", "OPS_HPC_PROJECT": "env-project"}
+
+    cfg = Config.load({"zone": "asia-east1-c", "project": None}, env=env, path=toml)
+
+    assert cfg.zone == "asia-east1-c"  # flag
+    assert cfg.project == "env-project"  # env beats file; None flag means not given
+    assert cfg.machine_type == "c2d-standard-56"  # file
+    assert cfg.image_family == "opensees-hpc"  # default
+    assert cfg.region_name == "asia-east1"
+    assert cfg.bucket_name == "env-project-ops-hpc"
+    assert cfg.spot is False
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        ("zone", "us-central1", "expected a zone"),
+        ("bucket", "My_Bucket", "bucket names use lowercase"),
+        ("bucket", "ab", "3-63"),
+        ("bucket", "google-results", "google"),
+        ("bucket", "192.168.1.10", "IP"),
+        ("machine_type", "88cores", "machine type"),
+        ("upload_timeout_min", "thirty", "whole number"),
+        ("upload_timeout_min", "-5", "whole number"),
+        ("spot", "maybe", "true or false"),
+        ("backend", "aws", "'local' or 'gcp'"),
+        ("time_scale", "0", "above 0"),
+        ("project", "X", "project id"),
+    ],
+)
+def test_invalid_values_name_key_and_source(key, value, needle):
+    var = f"OPS_HPC_{key.upper()}"
+    with pytest.raises(ConfigError) as err:
+        Config.load(env={var: value}, path="")
+    message = str(err.value)
+    assert message.startswith(f"{key} = ")
+    assert f"environment variable {var}" in message
+    assert needle in message
+    assert "\n" not in message
+    assert err.value.code == 2
+
+
+def test_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "ops-hpc.toml"
+    bad.write_text("zone = \n")
+    with pytest.raises(ConfigError, match=re.escape(str(bad))):
+        Config.load(env={}, path=bad)
+    bad.write_text('zonee = "us-central1-a"\n')
+    with pytest.raises(ConfigError, match="unknown key 'zonee'"):
+        Config.load(env={}, path=bad)
+    bad.write_text('upload_timeout_min = "x"\n')
+    with pytest.raises(ConfigError, match=re.escape(f"upload_timeout_min = 'x' from {bad}")):
+        Config.load(env={}, path=bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Config.load(env={"OPS_HPC_CONFIG": str(tmp_path / "missing.toml")})
+
+
+def test_flag_source_is_named():
+    with pytest.raises(ConfigError, match=r"zone = 'nowhere' from --zone"):
+        Config.load({"zone": "nowhere"}, env={}, path="")
+
+
+def test_gcp_without_project_never_falls_back_to_local():
+    cfg = Config.load(env={}, path="")
+    assert cfg.backend == "gcp" and not cfg.local
+    with pytest.raises(ConfigError) as err:
+        cfg.require_project()
+    assert "OPS_HPC_PROJECT" in str(err.value) and "make demo" in str(err.value)
+
+
+def test_local_backend_has_its_own_project_and_bucket():
+    cfg = Config.load({"backend": "local"}, env={}, path="")
+    assert cfg.local and cfg.project == "ops-hpc-local" and cfg.bucket_name == "ops-hpc-local"
+
+
+def test_example_file_documents_every_key_and_loads(tmp_path):
+    example = config_mod.Path(__file__).resolve().parents[1] / "ops-hpc.example.toml"
+    text = example.read_text()
+    for key, _default, _env, _doc in config_mod.describe():
+        assert re.search(rf"^#? ?{key} = ", text, re.M), f"{key} missing from ops-hpc.example.toml"
+    # The uncommented lines are valid and equal the defaults.
+    assert Config.load(env={}, path=example) == Config.load(env={}, path="")
