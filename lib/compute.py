@@ -376,8 +376,11 @@ def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = print, state: Any = No
     on_log(f"creating {spec.kind} VM {spec.name} ({spec.machine_type}, {'spot' if spec.spot else 'on-demand'}, "
            f"image {spec.image_name}, deleted by Google after {spec.max_run_s // 3600} h at the latest)")
     try:
-        op = retry.call(clients.instances(cfg).insert, project=spec.project, zone=spec.zone,
-                        instance_resource=instance_resource(spec), request_id=request_id, retry=None)
+        from google.cloud import compute_v1 as c
+
+        request = c.InsertInstanceRequest(project=spec.project, zone=spec.zone, request_id=request_id,
+                                          instance_resource=instance_resource(spec))
+        op = retry.call(clients.instances(cfg).insert, request=request, retry=None)
         _wait(op, f"creating VM {spec.name}")
     except Exception as exc:
         from google.api_core import exceptions as gexc
@@ -418,10 +421,11 @@ def delete_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = prin
         state.unregister_vm(name)
         return False
     _check_ours(vm, force, "delete")
-    request_id = str(uuid.uuid4())
+    from google.cloud import compute_v1 as c
+
+    request = c.DeleteInstanceRequest(project=cfg.project, zone=cfg.zone, instance=name, request_id=str(uuid.uuid4()))
     try:
-        op = retry.call(clients.instances(cfg).delete, project=cfg.project, zone=cfg.zone, instance=name,
-                        request_id=request_id, retry=None)
+        op = retry.call(clients.instances(cfg).delete, request=request, retry=None)
         _wait(op, f"deleting VM {name}")
     except Exception as exc:
         if not _not_found(exc):
@@ -440,8 +444,10 @@ def stop_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = print)
     if vm is None:
         raise OpsError(f"VM {name} does not exist in {cfg.zone}")
     _check_ours(vm, force, "stop")
-    op = retry.call(clients.instances(cfg).stop, project=cfg.project, zone=cfg.zone, instance=name,
-                    request_id=str(uuid.uuid4()), retry=None)
+    from google.cloud import compute_v1 as c
+
+    request = c.StopInstanceRequest(project=cfg.project, zone=cfg.zone, instance=name, request_id=str(uuid.uuid4()))
+    op = retry.call(clients.instances(cfg).stop, request=request, retry=None)
     _wait(op, f"stopping VM {name}")
     on_log(f"stopped VM {name}")
 
@@ -462,8 +468,9 @@ def set_expected_end(cfg: Config, name: str, expected_end: float) -> None:
         labels[LABEL_END] = str(int(expected_end))
         body = c.InstancesSetLabelsRequest(labels=labels, label_fingerprint=inst.label_fingerprint)
         # the fingerprint makes this idempotent: a lost response followed by a retry gets 412 and re-reads
-        client.set_labels(project=cfg.project, zone=cfg.zone, instance=name, instances_set_labels_request_resource=body,
-                          request_id=str(uuid.uuid4()), retry=None).result(timeout=OP_TIMEOUT_S)
+        request = c.SetLabelsInstanceRequest(project=cfg.project, zone=cfg.zone, instance=name,
+                                             instances_set_labels_request_resource=body, request_id=str(uuid.uuid4()))
+        _wait(client.set_labels(request=request, retry=None), f"labelling VM {name}")
 
     for _ in range(5):
         try:
