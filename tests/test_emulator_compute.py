@@ -1,0 +1,404 @@
+"""The Compute emulator through the real google-cloud-compute clients: instances, images, operations, local VMs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import compute_v1
+
+from lib.localcloud.compute import ComputeEmulator
+from lib.localcloud.compute.models import compile_filter, parse_machine_type
+from lib.localcloud.faults import FaultRegistry
+from lib.localcloud.http import AppServer
+from lib.localcloud.vms import VM_MARKER
+
+PROJECT = "test-proj"
+ZONE = "us-central1-a"
+FAMILY = "projects/cloud-hpc-image-public/global/images/family/hpc-rocky-linux-8"
+
+
+class Cloud:
+    """One emulator served over HTTP plus real clients wired to it."""
+
+    def __init__(self, root: Path, faults: FaultRegistry | None = None) -> None:
+        self.root = root
+        self.faults = faults or FaultRegistry()
+        self.emu = ComputeEmulator(root, faults=self.faults)
+        self.server = AppServer(self.emu)
+        self.server.start()
+        self.url = self.server.url
+        self.emu.vm_env.update({"OPS_HPC_COMPUTE_API": f"{self.url}/compute/v1"})
+        opts = {"api_endpoint": self.url}
+        creds = AnonymousCredentials()
+        self.zone_ops = compute_v1.ZoneOperationsClient(credentials=creds, client_options=opts)
+        self.global_ops = compute_v1.GlobalOperationsClient(credentials=creds, client_options=opts)
+        self.instances = compute_v1.InstancesClient(credentials=creds, client_options=opts)
+        self.instances._transport._extended_operations_services["zone_operations"] = self.zone_ops
+        self.images = compute_v1.ImagesClient(credentials=creds, client_options=opts)
+        self.images._transport._extended_operations_services["global_operations"] = self.global_ops
+        self.regions = compute_v1.RegionsClient(credentials=creds, client_options=opts)
+        self.machine_types = compute_v1.MachineTypesClient(credentials=creds, client_options=opts)
+
+    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.url}/_localcloud/{path}", data=data, method="POST" if data else "GET")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def close(self) -> None:
+        self.emu.shutdown()
+        if self.server.is_running():
+            self.server.stop()
+
+
+def instance(name: str, *, machine: str = "e2-standard-2", script: str | None = None, image: str = FAMILY,
+             labels: dict[str, str] | None = None, spot: bool = False, max_run: int | None = None,
+             action: str | None = None, attrs: dict[str, str] | None = None) -> compute_v1.Instance:
+    items = [compute_v1.Items(key=k, value=v) for k, v in (attrs or {}).items()]
+    if script is not None:
+        items.append(compute_v1.Items(key="startup-script", value=script))
+    sched = compute_v1.Scheduling()
+    if spot:
+        sched.provisioning_model = "SPOT"
+    if action:
+        sched.instance_termination_action = action
+    if max_run:
+        sched.max_run_duration = compute_v1.Duration(seconds=max_run)
+    return compute_v1.Instance(
+        name=name, machine_type=f"zones/{ZONE}/machineTypes/{machine}", labels=labels or {},
+        disks=[compute_v1.AttachedDisk(boot=True, auto_delete=True,
+                                       initialize_params=compute_v1.AttachedDiskInitializeParams(source_image=image))],
+        network_interfaces=[compute_v1.NetworkInterface(network="global/networks/default")],
+        metadata=compute_v1.Metadata(items=items), scheduling=sched)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def vm_procs() -> list[psutil.Process]:
+    """Every process on this machine that carries a local-VM marker."""
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if VM_MARKER in proc.environ() and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except psutil.Error:
+            continue
+    return out
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[Cloud]:
+    c = Cloud(tmp_path / "compute")
+    try:
+        yield c
+    finally:
+        c.close()
+        assert wait_for(lambda: not vm_procs() or None, 5, "VM processes to end") is None or True
+        assert not vm_procs(), "a VM process survived the test"
+
+
+def names(cloud: Cloud, flt: str | None = None) -> list[str]:
+    req = compute_v1.ListInstancesRequest(project=PROJECT, zone=ZONE, filter=flt)
+    return [i.name for i in cloud.instances.list(request=req)]
+
+
+def script_done(cloud: Cloud, name: str) -> dict[str, Any]:
+    return wait_for(lambda: (v := cloud.admin(f"vms/{PROJECT}/{ZONE}/{name}"))["script_done"] and v, 20,
+                    f"startup script of {name}")
+
+
+# ----------------------------------------------------------------------------------------------- pure logic
+
+
+@pytest.mark.parametrize("flt,expected", [
+    ('labels.env = "prod"', True), ("labels.env=prod", True), ("labels.env = dev", False),
+    ("name = vm-1 status = RUNNING", True), ("name=vm-1 AND status=TERMINATED", False),
+    ("(labels.env = prod) (labels.team = a)", True), ('(name = "vm-*") OR (name = x)', True),
+    ("labels.missing != x", True), ("zone = us-central1-a", True), ("name eq vm-.*", True),
+    ("NOT labels.env = prod", False), ("scheduling.preemptible = true", True),
+])
+def test_list_filter(flt: str, expected: bool) -> None:
+    resource = {"name": "vm-1", "status": "RUNNING", "labels": {"env": "prod", "team": "a"},
+                "zone": f"https://www.googleapis.com/compute/v1/projects/p/zones/{ZONE}",
+                "scheduling": {"preemptible": True}}
+    assert compile_filter(flt)(resource) is expected
+
+
+def test_machine_types() -> None:
+    assert parse_machine_type("c2d-standard-32")["guestCpus"] == 32
+    assert parse_machine_type("n2-standard-8")["memoryMb"] == 32768
+    assert parse_machine_type("h3-standard-88")["metric"] == "H3_CPUS"
+    assert parse_machine_type("c3-highcpu-22")["guestCpus"] == 22
+    assert parse_machine_type("n2-custom-8-32768")["memoryMb"] == 32768
+    assert parse_machine_type("e2-micro")["guestCpus"] == 2
+    for bad in ("e2-standard-3", "zz-standard-4", "h3-standard-8", "n2-custom-7-1024", "e2"):
+        assert parse_machine_type(bad) is None
+
+
+# ----------------------------------------------------------------------------------------------- API
+
+
+def test_spot_vm_lifecycle(cloud: Cloud) -> None:
+    body = instance("vm-1", labels={"ops-hpc": "run", "batch": "b1"}, spot=True, max_run=3600, action="DELETE")
+    op = cloud.instances.insert(project=PROJECT, zone=ZONE, instance_resource=body)
+    op.result(timeout=10)
+    assert op.status == compute_v1.Operation.Status.DONE
+    cloud.instances.insert(project=PROJECT, zone=ZONE, instance_resource=instance("vm-2")).result(timeout=10)
+
+    got = cloud.instances.get(project=PROJECT, zone=ZONE, instance="vm-1")
+    assert got.status == "RUNNING" and got.labels["batch"] == "b1"
+    assert got.scheduling.provisioning_model == "SPOT" and got.scheduling.preemptible
+    assert got.scheduling.max_run_duration.seconds == 3600
+    assert got.scheduling.instance_termination_action == "DELETE"
+    assert got.machine_type.endswith(f"zones/{ZONE}/machineTypes/e2-standard-2")
+    assert got.disks[0].source.endswith(f"projects/{PROJECT}/zones/{ZONE}/disks/vm-1")
+    assert got.network_interfaces[0].network_i_p == "127.0.0.1"
+    assert got.id > 0 and got.creation_timestamp and got.label_fingerprint
+
+    assert names(cloud, 'labels.ops-hpc = "run" AND labels.batch = b1') == ["vm-1"]
+    assert names(cloud, "(labels.batch = b2)") == []
+    assert names(cloud, "status = RUNNING") == ["vm-1", "vm-2"]
+    agg = dict(cloud.instances.aggregated_list(project=PROJECT))
+    assert sorted(i.name for i in agg[f"zones/{ZONE}"].instances) == ["vm-1", "vm-2"]
+
+    cloud.instances.delete(project=PROJECT, zone=ZONE, instance="vm-1").result(timeout=10)
+    with pytest.raises(gexc.NotFound, match="instances/vm-1' was not found"):
+        cloud.instances.get(project=PROJECT, zone=ZONE, instance="vm-1")
+    assert not (cloud.root / "disks" / PROJECT / ZONE / "vm-1").exists()
+    ops = [o.operation_type for o in cloud.zone_ops.list(project=PROJECT, zone=ZONE)]
+    assert ops.count("insert") == 2 and ops.count("delete") == 1
+
+
+def test_request_id_is_idempotent(cloud: Cloud) -> None:
+    rid = "5f0a1c52-0d8e-4b0c-9a57-1b2c3d4e5f60"
+    req = compute_v1.InsertInstanceRequest(project=PROJECT, zone=ZONE, instance_resource=instance("vm-r"),
+                                           request_id=rid)
+    first = cloud.instances.insert(request=req)
+    again = cloud.instances.insert(request=req)
+    assert first.name == again.name
+    again.result(timeout=5)
+    assert names(cloud) == ["vm-r"]
+    with pytest.raises(gexc.Conflict):
+        cloud.instances.insert(project=PROJECT, zone=ZONE, instance_resource=instance("vm-r"))
+
+
+def test_insert_validation_creates_nothing(cloud: Cloud) -> None:
+    cloud.instances.insert(project=PROJECT, zone=ZONE, instance_resource=instance("keep")).result(timeout=10)
+    with pytest.raises(gexc.NotFound, match="projects/nope/global/images/family/none"):
+        cloud.instances.insert(project=PROJECT, zone=ZONE,
+                               instance_resource=instance("a", image="projects/nope/global/images/family/none"))
+    with pytest.raises(gexc.BadRequest, match="Machine type with name 'e2-standard-3' does not exist"):
+        cloud.instances.insert(project=PROJECT, zone=ZONE, instance_resource=instance("b", machine="e2-standard-3"))
+    with pytest.raises(gexc.Conflict):
+        cloud.instances.insert(project=PROJECT, zone=ZONE, instance_resource=instance("keep"))
+    cloud.admin("quota", {"metric": "CPUS", "limit": 8, "region": "us-central1"})
+    with pytest.raises(gexc.Forbidden) as err:
+        cloud.instances.insert(project=PROJECT, zone=ZONE,
+                               instance_resource=instance("c", machine="c2d-standard-8")).result(timeout=10)
+    assert err.value.errors[0].message == "Quota 'CPUS' exceeded.  Limit: 8.0 in region us-central1."
+    assert names(cloud) == ["keep"]
+    assert sorted(p.name for p in (cloud.root / "disks" / PROJECT / ZONE).iterdir()) == ["keep"]
+    region = cloud.regions.get(project=PROJECT, region="us-central1")
+    quotas = {q.metric: (q.limit, q.usage) for q in region.quotas}
+    assert quotas["CPUS"] == (8.0, 2.0) and "C2D_CPUS" in quotas and "H3_CPUS" in quotas
+    mt = cloud.machine_types.get(project=PROJECT, zone=ZONE, machine_type="h3-standard-88")
+    assert mt.guest_cpus == 88
+    with pytest.raises(gexc.NotFound):
+        cloud.machine_types.get(project=PROJECT, zone=ZONE, machine_type="h3-standard-4")
+
+
+def test_set_metadata_needs_current_fingerprint(cloud: Cloud) -> None:
+    cloud.instances.insert(project=PROJECT, zone=ZONE, instance_resource=instance("vm-m", attrs={"a": "1"})).result()
+    inst = cloud.instances.get(project=PROJECT, zone=ZONE, instance="vm-m")
+    stale = compute_v1.Metadata(fingerprint="c3RhbGVmcA==", items=[compute_v1.Items(key="a", value="2")])
+    with pytest.raises(gexc.PreconditionFailed):
+        cloud.instances.set_metadata(project=PROJECT, zone=ZONE, instance="vm-m", metadata_resource=stale)
+    fresh = compute_v1.Metadata(fingerprint=inst.metadata.fingerprint, items=[compute_v1.Items(key="a", value="2")])
+    cloud.instances.set_metadata(project=PROJECT, zone=ZONE, instance="vm-m", metadata_resource=fresh).result()
+    after = cloud.instances.get(project=PROJECT, zone=ZONE, instance="vm-m")
+    assert after.metadata.items[0].value == "2" and after.metadata.fingerprint != inst.metadata.fingerprint
+    labels = compute_v1.InstancesSetLabelsRequest(labels={"x": "y"}, label_fingerprint=after.label_fingerprint)
+    cloud.instances.set_labels(project=PROJECT, zone=ZONE, instance="vm-m",
+                               instances_set_labels_request_resource=labels).result()
+    assert cloud.instances.get(project=PROJECT, zone=ZONE, instance="vm-m").labels == {"x": "y"}
+
+
+SCRIPT_METADATA = r"""
+set -e
+MD="http://$GCE_METADATA_HOST/computeMetadata/v1"
+name=$(curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/name")
+batch=$(curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/attributes/batch")
+mkdir -p "$OPS_HPC_VM_ROOT/var/ops-hpc"
+echo "$name $batch" > "$OPS_HPC_VM_ROOT/var/ops-hpc/who"
+echo "hello from $name"
+echo "oops" >&2
+"""
+
+
+def test_startup_script_reads_metadata_and_logs_to_console(cloud: Cloud) -> None:
+    cloud.instances.insert(project=PROJECT, zone=ZONE,
+                           instance_resource=instance("vm-s", script=SCRIPT_METADATA, attrs={"batch": "b7"})).result()
+    info = script_done(cloud, "vm-s")
+    assert info["exit_code"] == 0
+    disk = Path(info["disk"])
+    assert (disk / "var" / "ops-hpc" / "who").read_text() == "vm-s b7\n"
+    out = cloud.instances.get_serial_port_output(project=PROJECT, zone=ZONE, instance="vm-s")
+    assert "hello from vm-s" in out.contents and "oops" in out.contents
+    assert "startup-script exit status 0" in out.contents
+    more = cloud.instances.get_serial_port_output(request=compute_v1.GetSerialPortOutputInstanceRequest(
+        project=PROJECT, zone=ZONE, instance="vm-s", start=out.next_))
+    assert more.contents == "" and more.start == out.next_
+    assert cloud.instances.get(project=PROJECT, zone=ZONE, instance="vm-s").status == "RUNNING"
+
+
+def test_delete_ends_the_whole_process_tree(cloud: Cloud) -> None:
+    script = "sleep 300 &\n( sleep 301 & wait ) &\nsleep 302\n"
+    cloud.instances.insert(project=PROJECT, zone=ZONE, instance_resource=instance("vm-t", script=script)).result()
+    pids = wait_for(lambda: len(p := cloud.admin(f"vms/{PROJECT}/{ZONE}/vm-t")["pids"]) >= 5 and p, 10, "tree")
+    assert [p for p, _ in cloud.emu.vm_processes()] == [min(pids)]
+    cloud.instances.delete(project=PROJECT, zone=ZONE, instance="vm-t").result()
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert names(cloud) == [] and cloud.emu.vm_processes() == []
+
+
+def test_vm_deletes_itself(cloud: Cloud) -> None:
+    script = ("sleep 300 &\n"
+              f'curl -sf -X DELETE "$OPS_HPC_COMPUTE_API/projects/{PROJECT}/zones/{ZONE}/instances/vm-self"\n'
+              "sleep 300\n")
+    cloud.instances.insert(project=PROJECT, zone=ZONE, instance_resource=instance("vm-self", script=script)).result()
+    wait_for(lambda: names(cloud) == [], 15, "self-deletion")
+    wait_for(lambda: not vm_procs(), 5, "VM processes to end")
+    ops = [o for o in cloud.zone_ops.list(project=PROJECT, zone=ZONE) if o.operation_type == "delete"]
+    assert len(ops) == 1 and ops[0].target_link.endswith("/instances/vm-self")
+
+
+def test_max_run_duration_deletes_or_stops(cloud: Cloud) -> None:
+    cloud.admin("time_scale", {"time_scale": 60})
+    for name, action in (("vm-del", "DELETE"), ("vm-stop", "STOP")):
+        body = instance(name, script="sleep 300\n", max_run=60, action=action)
+        cloud.instances.insert(project=PROJECT, zone=ZONE, instance_resource=body).result()
+    wait_for(lambda: names(cloud) == ["vm-stop"], 10, "max run duration delete")
+    wait_for(lambda: cloud.instances.get(project=PROJECT, zone=ZONE, instance="vm-stop").status == "TERMINATED", 10,
+             "max run duration stop")
+    kinds = [o.operation_type for o in cloud.zone_ops.list(project=PROJECT, zone=ZONE)]
+    assert kinds.count("compute.instances.maxRunDurationExceeded") == 2
+    assert not vm_procs()
+
+
+def test_preempt_spot_vm(cloud: Cloud) -> None:
+    script = 'trap "echo got SIGTERM; exit 0" TERM\nsleep 300 & wait\n'
+    cloud.instances.insert(project=PROJECT, zone=ZONE,
+                           instance_resource=instance("vm-p", script=script, spot=True)).result()
+    wait_for(lambda: cloud.admin(f"vms/{PROJECT}/{ZONE}/vm-p")["pids"], 10, "VM process")
+    op = cloud.admin(f"preempt/{PROJECT}/{ZONE}/vm-p", {})
+    assert op["operationType"] == "compute.instances.preempted" and op["user"] == "system"
+    got = cloud.instances.get(project=PROJECT, zone=ZONE, instance="vm-p")
+    assert got.status == "TERMINATED"
+    console = cloud.instances.get_serial_port_output(project=PROJECT, zone=ZONE, instance="vm-p").contents
+    assert "got SIGTERM" in console
+    cloud.instances.start(project=PROJECT, zone=ZONE, instance="vm-p").result()
+    assert cloud.instances.get(project=PROJECT, zone=ZONE, instance="vm-p").status == "RUNNING"
+    cloud.instances.insert(project=PROJECT, zone=ZONE, instance_resource=instance("vm-std")).result()
+    with pytest.raises(urllib.error.HTTPError):
+        cloud.admin(f"preempt/{PROJECT}/{ZONE}/vm-std", {})
+
+
+def test_image_from_stopped_disk_and_families(cloud: Cloud) -> None:
+    script = 'mkdir -p "$OPS_HPC_VM_ROOT/opt/opensees" && echo built > "$OPS_HPC_VM_ROOT/opt/opensees/VERSION"\n'
+    cloud.instances.insert(project=PROJECT, zone=ZONE, instance_resource=instance("builder", script=script)).result()
+    script_done(cloud, "builder")
+    image = compute_v1.Image(name="opensees-hpc-v1", family="opensees-hpc",
+                             source_disk=f"projects/{PROJECT}/zones/{ZONE}/disks/builder")
+    with pytest.raises(gexc.BadRequest, match="already being used"):
+        cloud.images.insert(project=PROJECT, image_resource=image)
+    cloud.instances.stop(project=PROJECT, zone=ZONE, instance="builder").result()
+    cloud.images.insert(project=PROJECT, image_resource=image).result()
+    got = cloud.images.get_from_family(project=PROJECT, family="opensees-hpc")
+    assert got.name == "opensees-hpc-v1" and got.status == "READY" and int(got.archive_size_bytes) > 0
+    assert got.source_disk.endswith("/disks/builder")
+
+    family = f"projects/{PROJECT}/global/images/family/opensees-hpc"
+    cloud.instances.insert(project=PROJECT, zone=ZONE, instance_resource=instance("worker", image=family)).result()
+    disk = Path(cloud.admin(f"vms/{PROJECT}/{ZONE}/worker")["disk"])
+    assert (disk / "opt" / "opensees" / "VERSION").read_text() == "built\n"
+    assert (disk / "etc" / "os-release").exists()
+
+    time.sleep(0.01)  # distinct creationTimestamp (ms)
+    image2 = compute_v1.Image(name="opensees-hpc-v2", family="opensees-hpc", source_image=family)
+    cloud.images.insert(project=PROJECT, image_resource=image2).result()
+    assert cloud.images.get_from_family(project=PROJECT, family="opensees-hpc").name == "opensees-hpc-v2"
+    dep = compute_v1.DeprecationStatus(state="DEPRECATED", replacement="opensees-hpc-v1")
+    cloud.images.deprecate(project=PROJECT, image="opensees-hpc-v2", deprecation_status_resource=dep).result()
+    assert cloud.images.get_from_family(project=PROJECT, family="opensees-hpc").name == "opensees-hpc-v1"
+    assert cloud.images.get(project=PROJECT, image="opensees-hpc-v2").deprecated.state == "DEPRECATED"
+    listed = [i.name for i in cloud.images.list(request=compute_v1.ListImagesRequest(
+        project=PROJECT, filter="family = opensees-hpc"))]
+    assert listed == ["opensees-hpc-v1", "opensees-hpc-v2"]
+    cloud.images.delete(project=PROJECT, image="opensees-hpc-v1").result()
+    with pytest.raises(gexc.NotFound):
+        cloud.images.get_from_family(project=PROJECT, family="opensees-hpc")
+
+
+def test_restart_keeps_state_and_terminates_dead_vms(tmp_path: Path) -> None:
+    root = tmp_path / "compute"
+    first = Cloud(root)
+    try:
+        first.instances.insert(project=PROJECT, zone=ZONE,
+                               instance_resource=instance("idle", script="echo done\n")).result()
+        first.instances.insert(project=PROJECT, zone=ZONE,
+                               instance_resource=instance("busy", script="sleep 300\n")).result()
+        script_done(first, "idle")
+    finally:
+        first.close()  # the local host powers off: VM processes end, statuses stay as recorded
+    assert not vm_procs()
+    second = Cloud(root)
+    try:
+        assert second.instances.get(project=PROJECT, zone=ZONE, instance="idle").status == "RUNNING"
+        busy = second.instances.get(project=PROJECT, zone=ZONE, instance="busy")
+        assert busy.status == "TERMINATED" and busy.last_stop_timestamp
+        assert second.images.get_from_family(project="cloud-hpc-image-public", family="hpc-rocky-linux-8")
+        usage = second.emu.model.usage_records()
+        assert {r["name"] for r in usage.values()} == {"idle", "busy"}
+        busy_rec = next(r for r in usage.values() if r["name"] == "busy")
+        assert busy_rec["intervals"][-1][1] is not None
+        second.instances.start(project=PROJECT, zone=ZONE, instance="busy").result()
+        assert second.emu.vm_processes()
+    finally:
+        second.close()
+    shutil.rmtree(root)
+
+
+def test_injected_compute_fault(cloud: Cloud) -> None:
+    cloud.faults.add("compute", "http:503", count=1, match="GET .*/instances")
+    with pytest.raises(gexc.ServiceUnavailable):
+        cloud.instances.get(project=PROJECT, zone=ZONE, instance="x", retry=None)
+    with pytest.raises(gexc.NotFound):
+        cloud.instances.get(project=PROJECT, zone=ZONE, instance="x", retry=None)
+
+
+def test_admin_unknown_paths_are_404(cloud: Cloud) -> None:
+    with pytest.raises(urllib.error.HTTPError) as err:
+        cloud.admin("nope")
+    assert err.value.code == 404
+    with pytest.raises(urllib.error.HTTPError) as err:
+        cloud.admin(f"vms/{PROJECT}/{ZONE}/missing")
+    assert err.value.code == 404
+    assert cloud.admin("vms") == []
