@@ -59,6 +59,7 @@ class VMGuard:
     # -- lifecycle -------------------------------------------------------------
     def __enter__(self) -> VMGuard:
         self.armed = True
+        self._mark(True)
         atexit.register(self._at_exit)
         if threading.current_thread() is threading.main_thread():
             for sig in _signals():
@@ -82,6 +83,16 @@ class VMGuard:
         """The VM was deleted deliberately (or handed over): do not delete it again."""
         with self._lock:
             self.armed = False
+        self._mark(False)
+
+    def _mark(self, guarded: bool) -> None:
+        """Record in session state that this process answers for the VM (so a kill -9 is recoverable)."""
+        try:
+            from lib.state import SessionState
+
+            (self.state or SessionState(self.cfg)).set_guarded(self.name, guarded)
+        except Exception as exc:
+            self.on_log(f"VMGuard: could not update session state: {exc}")
 
     def cleanup(self, reason: str) -> bool:
         """Delete the VM once if armed; never raises (it runs in signal handlers and at exit)."""

@@ -12,6 +12,7 @@ says, as the original system's table does:
 | VM registered      | VM gone           | drop the entry (Google or the sweeper removed it)   |
 | job running        | VM gone           | warn: that analysis was interrupted                 |
 | nothing            | ops-hpc VM exists | warn: orphan from another session or PC             |
+| VM guarded by a process that died (kill -9, taskkill /F, power cut) | VM exists | delete it: the guard's promise |
 
 Entries hold names, ids, zones and times only: nothing secret.
 """
@@ -104,6 +105,15 @@ class SessionState:
                 **owner,
             }
 
+    def set_guarded(self, name: str, guarded: bool) -> None:
+        """A VMGuard in this process now answers for the VM: if this process dies uncleanly, reconcile deletes it."""
+        with self._edit() as data:
+            entry = data.setdefault("vms", {}).get(name)
+            if entry is not None:
+                entry["guarded"] = bool(guarded)
+                if guarded:
+                    entry.update(_owner())
+
     def unregister_vm(self, name: str) -> None:
         with self._edit() as data:
             data.setdefault("vms", {}).pop(name, None)
@@ -129,11 +139,11 @@ class SessionState:
 
 
 def reconcile(cfg: Config, *, on_log: Log = print, on_warn: Log = print, vms: list[dict[str, Any]] | None = None,
-              now: float | None = None) -> dict[str, Any]:
+              now: float | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Cross-reference session state with Compute Engine; returns the table and what was done.
 
-    `vms` (what list_vms returned) can be passed by a caller that already listed them.
-    Result: {"rows": [{"vm", "state_says", "gcp_says", "action"}], "cleaned", "orphans", "interrupted",
+    `vms` (what list_vms returned) can be passed by a caller that already listed them; dry_run changes nothing.
+    Result: {"rows": [{"vm", "state_says", "gcp_says", "action"}], "cleaned", "deleted", "orphans", "interrupted",
     "running", "stopped", "downloads_reset"}.
     """
     from lib import compute
@@ -149,7 +159,7 @@ def reconcile(cfg: Config, *, on_log: Log = print, on_warn: Log = print, vms: li
             if vm is not None:
                 live[name] = vm
 
-    result: dict[str, Any] = {"rows": [], "cleaned": [], "orphans": [], "interrupted": [], "running": [],
+    result: dict[str, Any] = {"rows": [], "cleaned": [], "deleted": [], "orphans": [], "interrupted": [], "running": [],
                               "stopped": [], "downloads_reset": []}
 
     def row(vm: str, state_says: str, gcp_says: str, action: str) -> None:
@@ -171,10 +181,33 @@ def reconcile(cfg: Config, *, on_log: Log = print, on_warn: Log = print, vms: li
                 row(name, said, "VM gone", "warned: interrupted analysis; entry cleaned")
             else:
                 row(name, said, "VM gone", "entry cleaned")
+            if dry_run:
+                result["rows"][-1]["action"] = "would be " + result["rows"][-1]["action"]
+                continue
             state.unregister_vm(name)
             result["cleaned"].append(name)
             on_log(f"session state: {name} no longer exists; entry removed")
+        elif entry.get("guarded") and not owner_alive(entry):
+            on_warn(f"warning: VM {name} ({vm['status']}) was guarded by process {entry.get('owner_pid')}, which died "
+                    "without cleaning up (killed, or the PC lost power): deleting it now")
+            if jobs:
+                on_warn(f"warning: job(s) {', '.join(jobs)} on {name} were interrupted; rerun them")
+                result["interrupted"].append({"vm": name, "jobs": jobs})
+            try:
+                if dry_run:
+                    row(name, said, f"VM {vm['status']}", "would delete: its guarding process died")
+                    continue
+                compute.delete_vm(cfg.replace(zone=entry.get("zone") or cfg.zone), name, on_log=on_log, state=state)
+                result["deleted"].append(name)
+                row(name, said, f"VM {vm['status']}", "deleted: its guarding process died")
+            except Exception as exc:
+                on_warn(f"warning: could not delete {name}: {exc}; `bin/sweep` will retry")
+                row(name, said, f"VM {vm['status']}", f"delete failed: {exc}")
         elif vm["status"] in ("STOPPED", "TERMINATED", "SUSPENDED"):
+            if jobs:
+                on_warn(f"warning: VM {name} is {vm['status']} while job(s) {', '.join(jobs)} were running: that "
+                        "analysis was interrupted; rerun it")
+                result["interrupted"].append({"vm": name, "jobs": jobs})
             on_warn(f"warning: VM {name} is {vm['status']}: its disk still bills; `bin/sweep` deletes it "
                     f"(or `bin/launch --delete {name}`)")
             result["stopped"].append(name)
@@ -195,7 +228,8 @@ def reconcile(cfg: Config, *, on_log: Log = print, on_warn: Log = print, vms: li
         result["orphans"].append(name)
         row(name, "nothing", f"VM {vm['status']}", "warned: orphan")
 
-    result["downloads_reset"] = _recover_downloads(cfg, on_log)
+    if not dry_run:
+        result["downloads_reset"] = _recover_downloads(cfg, on_log)
     return result
 
 
