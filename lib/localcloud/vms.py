@@ -146,7 +146,7 @@ def end_tree(pid: int | None, create_time: float | None, vm_id: str, grace: floa
             proc.terminate()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
+    alive = _wait_gone(procs, grace)
     # children forked while we were terminating
     alive += [p for p in vm_members(pid, create_time, vm_id) if p not in alive]
     for proc in alive:
@@ -154,7 +154,17 @@ def end_tree(pid: int | None, create_time: float | None, vm_id: str, grace: floa
             proc.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(alive, timeout=2)
+    _wait_gone(alive, 2.0)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until the processes are dead or zombies (psutil.wait_procs would wait out an unreaped zombie)."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if _alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [p for p in alive if _alive(p)]
+    return alive
 
 
 def watch(popen: subprocess.Popen | None, pid: int, create_time: float, on_exit: Callable[[int | None], None]) -> None:
