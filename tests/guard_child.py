@@ -1,0 +1,29 @@
+"""A real process holding a VMGuard, for the signal tests: create VM, enter the guard, print 'ready', block.
+
+usage: python tests/guard_child.py NAME   (config from OPS_HPC_* environment)
+"""
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lib import compute
+from lib.config import Config
+from lib.guard import VMGuard
+
+
+def main() -> int:
+    name = sys.argv[1]
+    cfg = Config.load(path="")
+    spec = compute.plan_vm(cfg, name=name, kind="build", run_id="guard-child", startup_script="sleep 600")
+    compute.create_vm(cfg, spec, on_log=lambda line: print(line, file=sys.stderr, flush=True))
+    with VMGuard(cfg, name, on_log=lambda line: print(line, flush=True)):
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

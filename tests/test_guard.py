@@ -1,0 +1,150 @@
+"""VMGuard: every row of the guard table, against the local cloud (and a faked kernel32 for Windows)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import types
+
+import pytest
+
+from lib import compute, guard
+from lib.guard import VMGuard
+from lib.state import SessionState, reconcile
+from tests.vm_helpers import REPO_ROOT, vm_env
+
+posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX signals; the Windows path is unit-tested below")
+
+
+@pytest.fixture
+def vms(localcloud, tmp_path):
+    yield from vm_env(localcloud, tmp_path)
+
+
+def test_normal_exit_deletes_vm(vms):
+    name = vms.create()
+    with VMGuard(vms.cfg, name, on_log=vms.log) as g:
+        assert compute.get_vm(vms.cfg, name)["status"] == "RUNNING"
+        assert SessionState(vms.cfg).vms()[name]["guarded"] is True
+    assert g.deleted and compute.get_vm(vms.cfg, name) is None
+    assert name not in SessionState(vms.cfg).vms()
+
+
+def test_exception_in_block_deletes_vm_and_propagates(vms):
+    name = vms.create()
+    with pytest.raises(RuntimeError, match="boom"), VMGuard(vms.cfg, name, on_log=vms.log):
+        raise RuntimeError("boom")
+    assert compute.get_vm(vms.cfg, name) is None
+
+
+def test_disarm_prevents_double_delete_and_handlers_restored(vms):
+    name = vms.create()
+    before = signal.getsignal(signal.SIGTERM)
+    with VMGuard(vms.cfg, name, on_log=vms.log) as g:
+        assert signal.getsignal(signal.SIGTERM) == g._on_signal
+        assert compute.delete_vm(vms.cfg, name, on_log=vms.log)
+        g.disarm()
+    assert not g.deleted  # the guard did not try again
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert not any("VMGuard: deleting" in line for line in vms.logs)
+
+
+def test_atexit_handler_deletes_when_block_never_left(vms):
+    name = vms.create()
+    g = VMGuard(vms.cfg, name, on_log=vms.log).__enter__()
+    try:
+        g._at_exit()  # what atexit calls at interpreter exit
+        assert compute.get_vm(vms.cfg, name) is None
+    finally:
+        g._uninstall()
+
+
+def test_refuses_to_delete_a_vm_without_our_label(vms):
+    name = vms.create(labels=False)
+    with VMGuard(vms.cfg, name, on_log=vms.log) as g:
+        pass
+    assert not g.deleted and compute.get_vm(vms.cfg, name) is not None
+    assert any("no ops-hpc=true label" in line for line in vms.logs)
+    compute.delete_vm(vms.cfg, name, force=True, on_log=vms.log)
+
+
+def _child(vms, name):
+    env = vms.cloud.env(state_dir=vms.cfg.state_dir, machine_type="e2-standard-2", build_machine_type="e2-standard-2")
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "guard_child.py"), name], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.strip() == "ready", (line, proc.stderr.read() if proc.poll() is not None else "")
+    assert compute.get_vm(vms.cfg, name)["status"] == "RUNNING"
+    return proc
+
+
+@posix_only
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_real_child_deletes_vm(vms, sig):
+    name = vms.name()
+    proc = _child(vms, name)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert compute.get_vm(vms.cfg, name) is None, (out, err)
+    assert f"deleting VM {name}" in out
+    assert proc.returncode != 0  # the signal still ends the process (KeyboardInterrupt / exit 128+15)
+    assert name not in SessionState(vms.cfg).vms()
+
+
+@posix_only
+def test_sigkill_leaves_vm_then_next_command_reconcile_deletes_it(vms):
+    name = vms.name()
+    proc = _child(vms, name)
+    proc.kill()
+    proc.wait(10)
+    assert compute.get_vm(vms.cfg, name)["status"] == "RUNNING"  # nothing ran in the child
+    warnings: list[str] = []
+    result = reconcile(vms.cfg, on_log=vms.log, on_warn=warnings.append)
+    assert name in result["deleted"]
+    assert any("died without cleaning up" in w for w in warnings)
+    assert compute.get_vm(vms.cfg, name) is None and name not in SessionState(vms.cfg).vms()
+
+
+# ----------------------------------------------------------------------------- Windows console handler
+
+
+class FakeKernel32:
+    def __init__(self):
+        self.calls = []
+
+    def SetConsoleCtrlHandler(self, handler, add):
+        self.calls.append((handler, add))
+        return 1
+
+
+def fake_ctypes(kernel32):
+    def winfunctype(restype, *argtypes):
+        assert argtypes  # HandlerRoutine(DWORD) -> BOOL
+        return lambda fn: fn
+
+    return types.SimpleNamespace(WinDLL=lambda name, use_last_error=False: kernel32, WINFUNCTYPE=winfunctype,
+                                 c_int=int, c_uint=int)
+
+
+@pytest.mark.parametrize("event", [guard.CTRL_CLOSE_EVENT, guard.CTRL_LOGOFF_EVENT, guard.CTRL_SHUTDOWN_EVENT])
+def test_windows_console_handler_registered_and_deletes(monkeypatch, event):
+    kernel32 = FakeKernel32()
+    monkeypatch.setattr(guard, "IS_WINDOWS", True)
+    monkeypatch.setattr(guard, "_load_ctypes", lambda: fake_ctypes(kernel32))
+    deleted = []
+    monkeypatch.setattr(compute, "delete_vm", lambda cfg, name, **kw: deleted.append(name) or True)
+    monkeypatch.setattr(VMGuard, "_mark", lambda self, guarded: None)
+    g = VMGuard(object(), "vm-x", on_log=lambda _: None)
+    g.__enter__()
+    try:
+        (handler, added), = kernel32.calls
+        assert added is True
+        assert handler(guard.CTRL_C_EVENT) == 0 and deleted == []  # Ctrl+C is left to the SIGINT handler
+        assert handler(event) == 1
+        assert deleted == ["vm-x"]
+        assert handler(event) == 1 and deleted == ["vm-x"]  # once only
+    finally:
+        g._uninstall()
+    assert kernel32.calls[-1] == (handler, False)  # unregistered on the way out
