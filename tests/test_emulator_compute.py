@@ -402,3 +402,29 @@ def test_admin_unknown_paths_are_404(cloud: Cloud) -> None:
         cloud.admin(f"vms/{PROJECT}/{ZONE}/missing")
     assert err.value.code == 404
     assert cloud.admin("vms") == []
+
+
+def test_restart_adopts_a_vm_that_outlived_a_crashed_daemon(tmp_path: Path) -> None:
+    root = tmp_path / "compute"
+    first = ComputeEmulator(root)
+    second = None
+    try:
+        first.model.insert_instance(PROJECT, ZONE, {
+            "name": "survivor", "machineType": f"zones/{ZONE}/machineTypes/e2-small",
+            "disks": [{"boot": True, "initializeParams": {"sourceImage": FAMILY}}],
+            "metadata": {"items": [{"key": "startup-script", "value": "sleep 300\n"}]}})
+        before = first.vm_processes()
+        port = first.model.local[f"{PROJECT}/{ZONE}/survivor"]["metadata_port"]
+        # the daemon dies without ending its VMs: only its threads and servers go away
+        with first.model.lock:
+            first.model._stopping = True
+            for rt in first.model._runtime.values():
+                rt["metadata"].stop(wait=True)
+        second = ComputeEmulator(root)
+        assert second.vm_processes() == before
+        assert second.model.get_instance(PROJECT, ZONE, "survivor")["status"] == "RUNNING"
+        assert second.model.vm_info(f"{PROJECT}/{ZONE}/survivor")["metadata_host"] == f"127.0.0.1:{port}"
+    finally:
+        (second or first).shutdown()
+        first.shutdown()
+    assert not vm_procs()

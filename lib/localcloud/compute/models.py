@@ -610,6 +610,8 @@ class ComputeModel:
             raise InvalidValue(f"Invalid value for field 'sourceImage': '{ref}'. The URL is malformed.")
         project, is_family, name = m.group(1), m.group(2), m.group(3)
         image = self.image_from_family(project, name) if is_family else self.get_image(project, name)
+        if image.get("status") != "READY":
+            raise ResourceNotReady(f"The resource 'projects/{project}/global/images/{image['name']}' is not ready")
         state = image.get("deprecated", {}).get("state")
         if state in ("OBSOLETE", "DELETED"):
             raise InvalidValue(f"The resource 'projects/{project}/global/images/{name}' is {state.lower()}")
@@ -658,13 +660,22 @@ class ComputeModel:
                 dest = self.image_dir(project, name)
                 if dest.exists():
                     shutil.rmtree(dest)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(src_folder, dest, symlinks=True,
-                                ignore=shutil.ignore_patterns("console.log") if source_disk else None)
+                dest.mkdir(parents=True)
                 image = self._image_resource(project, name, family=body.get("family"), disk_gb=disk_gb, folder=dest,
                                              description=body.get("description", ""), labels=labels,
                                              source_disk=source_link, source_image=src_image_link)
+                image["status"] = "PENDING"  # while the folder copies, without the lock
                 self.images[f"{project}/{name}"] = image
+            try:
+                shutil.copytree(src_folder, dest, symlinks=True, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("console.log") if source_disk else None)
+            except OSError as exc:
+                with self.lock:
+                    self.images.pop(f"{project}/{name}", None)
+                shutil.rmtree(dest, ignore_errors=True)
+                raise InvalidValue(f"Could not create image '{name}': {exc}") from None
+            with self.lock:
+                image.update({"status": "READY", "archiveSizeBytes": str(folder_bytes(dest))})
                 return self._operation(project, None, "insert", image["selfLink"], image["id"])
 
         return self._idempotent(project, request_id, work)
@@ -811,11 +822,6 @@ class ComputeModel:
                         raise AlreadyExists(f"projects/{project}/zones/{zone}/disks/{disk_name}")
                 except QuotaExceeded as exc:
                     return self._operation(project, zone, "insert", link, new_id(), error=exc)
-                disk = self.disk_dir(project, zone, disk_name)
-                if disk.exists():
-                    shutil.rmtree(disk)
-                disk.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(self.image_dir(image_project, image["name"]), disk, symlinks=True)
                 t = now_rfc3339()
                 items = [{"key": i["key"], "value": i.get("value", "")} for i in
                          (body.get("metadata") or {}).get("items", [])]
@@ -831,7 +837,8 @@ class ComputeModel:
                 inst = {
                     "kind": "compute#instance", "id": new_id(), "creationTimestamp": t, "name": name,
                     "description": body.get("description", ""), "tags": body.get("tags") or {"fingerprint": ""},
-                    "machineType": f"{self.zone_link(project, zone)}/machineTypes/{mt_name}", "status": "RUNNING",
+                    "machineType": f"{self.zone_link(project, zone)}/machineTypes/{mt_name}",
+                    "status": "PROVISIONING",
                     "zone": self.zone_link(project, zone), "canIpForward": False, "networkInterfaces": nics,
                     "disks": [{"kind": "compute#attachedDisk", "type": "PERSISTENT", "mode": "READ_WRITE",
                                "source": f"{self.zone_link(project, zone)}/disks/{disk_name}",
@@ -850,6 +857,26 @@ class ComputeModel:
                     del inst["metadata"]["items"]
                 self.instances[key] = inst
                 self.local[key] = {"image": image["selfLink"]}
+            # the copy runs without the lock (images can be large); PROVISIONING holds the name and the quota
+            disk = self.disk_dir(project, zone, disk_name)
+            try:
+                if disk.exists():
+                    shutil.rmtree(disk)
+                disk.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(self.image_dir(image_project, image["name"]), disk, symlinks=True)
+            except OSError as exc:
+                with self.lock:
+                    if self.instances.get(key) is inst:
+                        del self.instances[key]
+                        self.local.pop(key, None)
+                shutil.rmtree(disk, ignore_errors=True)
+                raise InvalidValue(f"Could not create the boot disk of '{name}' from the image: {exc}") from None
+            with self.lock:
+                if self.instances.get(key) is not inst or inst["status"] != "PROVISIONING":
+                    if self.instances.get(key) is not inst:
+                        shutil.rmtree(disk, ignore_errors=True)
+                    raise ResourceNotFound(f"projects/{project}/zones/{zone}/instances/{name}")  # deleted meanwhile
+                inst["status"] = "RUNNING"
                 self._boot(key)
                 self._wake.notify_all()
                 return self._operation(project, zone, "insert", link, inst["id"])
