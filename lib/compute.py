@@ -453,9 +453,12 @@ def stop_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = print)
 
 
 def set_expected_end(cfg: Config, name: str, expected_end: float) -> None:
-    """Move the ops-hpc-end label (a deadline extension), so the sweeper does not delete a run given more time."""
+    """Move the ops-hpc-end label and the session state entry (a deadline extension), so the sweeper does not
+    delete a run given more time. It cannot move maxRunDuration: Google's hard limit stays."""
     from google.api_core import exceptions as gexc
     from google.cloud import compute_v1 as c
+
+    from lib.state import SessionState
 
     cfg = clients.resolve(cfg)
     client = clients.instances(cfg)
@@ -475,6 +478,7 @@ def set_expected_end(cfg: Config, name: str, expected_end: float) -> None:
     for _ in range(5):
         try:
             retry.call(attempt)
+            SessionState(cfg).set_expected_end(name, expected_end)
             return
         except gexc.PreconditionFailed:
             continue

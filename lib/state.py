@@ -114,6 +114,12 @@ class SessionState:
                 if guarded:
                     entry.update(_owner())
 
+    def set_expected_end(self, name: str, expected_end: float) -> None:
+        with self._edit() as data:
+            entry = data.setdefault("vms", {}).get(name)
+            if entry is not None:
+                entry["expected_end"] = int(expected_end)
+
     def unregister_vm(self, name: str) -> None:
         with self._edit() as data:
             data.setdefault("vms", {}).pop(name, None)

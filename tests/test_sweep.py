@@ -1,0 +1,119 @@
+"""The sweeper: deletes overdue and stopped ops-hpc VMs, spares unlabeled ones and live on-time runs; lock; install lines."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import PureWindowsPath
+
+import pytest
+from filelock import FileLock
+
+from lib import compute, sweep
+from tests.helpers import run_bin
+from tests.vm_helpers import vm_env
+
+
+@pytest.fixture
+def vms(localcloud, tmp_path):
+    yield from vm_env(localcloud, tmp_path)
+
+
+def test_decide_rules():
+    now = 10_000.0
+    vm = {"ours": True, "status": "RUNNING", "expected_end": 9_000}
+    assert sweep.decide({**vm, "ours": False}, now=now, grace_s=0)[0] == "orphan"
+    assert sweep.decide({**vm, "ours": False, "status": "TERMINATED"}, now=now, grace_s=0)[0] == "orphan"
+    assert sweep.decide({**vm, "status": "TERMINATED", "expected_end": 99_999}, now=now, grace_s=0)[0] == "delete"
+    assert sweep.decide(vm, now=now, grace_s=900)[0] == "delete"  # 1000 s late, 900 s grace
+    assert sweep.decide(vm, now=now, grace_s=1200)[0] == "keep"
+    assert sweep.decide(vm, now=now, grace_s=600)[0] == "delete"
+    assert sweep.decide(vm, now=now, grace_s=600, state_end=9_900)[0] == "keep"  # an extension in session state
+    assert sweep.decide({**vm, "expected_end": None}, now=now, grace_s=0)[0] == "keep"
+
+
+def test_sweep_deletes_overdue_and_stopped_spares_unlabeled_and_live(vms):
+    cfg = vms.cfg
+    overdue, stopped, live = vms.create(), vms.create(), vms.create(kind="analysis", job_timeouts_min=[60],
+                                                                      image="projects/cloud-hpc-image-public/global/images/family/hpc-rocky-linux-8")
+    unlabeled = vms.create(labels=False)
+    compute.set_expected_end(cfg, overdue, time.time() - 3600)  # an hour past its expected end
+    compute.stop_vm(cfg, stopped, on_log=vms.log)
+
+    lines: list[str] = []
+    dry = sweep.sweep(cfg, dry_run=True, on_log=lines.append, on_warn=lines.append)
+    assert {i["name"] for i in dry["would_delete"]} >= {overdue, stopped} and dry["deleted"] == []
+    assert compute.get_vm(cfg, overdue)["status"] == "RUNNING"  # dry run touched nothing
+
+    result = sweep.sweep(cfg, grace_min=15, on_log=lines.append, on_warn=lines.append)
+    deleted = {d["name"]: d["reason"] for d in result["deleted"]}
+    assert "overdue" in deleted[overdue] and "TERMINATED" in deleted[stopped]
+    assert live in {k["name"] for k in result["kept"]}
+    assert unlabeled in {o["name"] for o in result["orphans"]}
+    assert compute.get_vm(cfg, overdue) is None and compute.get_vm(cfg, stopped) is None
+    assert compute.get_vm(cfg, live)["status"] == "RUNNING"
+    assert compute.get_vm(cfg, unlabeled)["status"] == "RUNNING"
+    assert any(unlabeled in line and "left alone" in line for line in lines)
+    compute.delete_vm(cfg, live, on_log=vms.log)
+    compute.delete_vm(cfg, unlabeled, force=True, on_log=vms.log)
+
+
+def test_concurrent_sweep_is_skipped_while_lock_held(vms):
+    name = vms.create()
+    compute.set_expected_end(vms.cfg, name, time.time() - 7200)
+    with FileLock(str(vms.cfg.state_path / sweep.LOCK_FILE)):
+        result = sweep.sweep(vms.cfg, on_log=vms.log)
+    assert result["skipped"] and compute.get_vm(vms.cfg, name) is not None
+    assert [d["name"] for d in sweep.sweep(vms.cfg, on_log=vms.log)["deleted"]] == [name]
+
+
+def test_bin_sweep_dry_run_then_real(vms, localcloud):
+    name = vms.create()
+    compute.set_expected_end(vms.cfg, name, time.time() - 7200)
+    env = localcloud.env(state_dir=vms.cfg.state_dir)
+    dry = run_bin("sweep", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert f"would delete {name}" in dry.stdout and compute.get_vm(vms.cfg, name) is not None
+    real = run_bin("sweep", "--grace", "5", env=env)
+    assert real.returncode == 0, real.stderr
+    assert f"deleted {name}" in real.stdout and compute.get_vm(vms.cfg, name) is None
+
+
+def test_cron_line(tmp_path):
+    line = sweep.cron_line(tmp_path / "repo", tmp_path / "state")
+    assert line == f"*/5 * * * * cd {tmp_path}/repo && .venv/bin/python bin/sweep >> {tmp_path}/state/sweep.log 2>&1"
+
+
+def test_schtasks_line():
+    repo, state = PureWindowsPath(r"C:\Users\eng\ops-hpc"), PureWindowsPath(r"C:\Users\eng\AppData\Local\ops-hpc")
+    assert sweep.schtasks_line(repo, state) == (
+        r'schtasks /Create /SC MINUTE /MO 5 /TN ops-hpc-sweep /TR '
+        r'"\"C:\Users\eng\ops-hpc\.venv\Scripts\pythonw.exe\" \"C:\Users\eng\ops-hpc\bin\sweep\" '
+        r'--log \"C:\Users\eng\AppData\Local\ops-hpc\sweep.log\"" /F')
+    argv = sweep.schtasks_command(repo, state)
+    assert argv[:9] == ["schtasks", "/Create", "/SC", "MINUTE", "/MO", "5", "/TN", "ops-hpc-sweep", "/TR"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="fake crontab is a shell script")
+def test_install_prints_then_installs_once_with_a_fake_crontab(tmp_path, localcloud):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    book = tmp_path / "crontab.txt"
+    (fake / "crontab").write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = "-l" ]; then [ -f {book} ] && cat {book} && exit 0; echo "no crontab" >&2; exit 1; fi\n'
+        f'if [ "$1" = "-" ]; then cat > {book}; exit 0; fi\nexit 2\n')
+    (fake / "crontab").chmod((fake / "crontab").stat().st_mode | stat.S_IEXEC)
+    env = localcloud.env(state_dir=str(tmp_path / "state"))
+    env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
+    expected = sweep.cron_line(sweep.REPO, tmp_path / "state")
+
+    shown = run_bin("sweep", "--install", env=env)
+    assert shown.returncode == 0 and expected in shown.stdout and not book.exists()
+    for _ in range(2):
+        done = run_bin("sweep", "--install", "--yes", env=env)
+        assert done.returncode == 0, done.stderr
+    assert book.read_text().splitlines() == [expected]  # added once, not twice
+    win = run_bin("sweep", "--install", "--windows", env=env)
+    assert win.stdout.startswith("schtasks /Create /SC MINUTE /MO 5 /TN ops-hpc-sweep /TR ")
