@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from lib.errors import OpsError
 
 DEFAULTS = {"main": "main.tcl", "cores": "1", "timeout": "60"}
 KEYS = ("main", "cores", "timeout", "name")
 NAME_RX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+T = TypeVar("T")
 
 
 class BatchError(OpsError):
@@ -132,3 +135,22 @@ def parse_batch(path: str | Path) -> Batch:
     if not models:
         raise OpsError(f"{path}: no models (one line per model: FOLDER [main=] [cores=] [timeout=])", code=2)
     return Batch(path=path, base=base, models=tuple(models))
+
+
+def shard_by_timeout(items: Sequence[T], count: int, key: Callable[[T], float] | None = None) -> list[list[T]]:
+    """Split `items` into at most `count` shards balanced by timeout (LPT: longest first onto the least loaded).
+
+    Balancing on the timeouts bounds each VM's max run duration, which is what a VM costs in the worst case.
+    Each shard keeps the batch order; empty shards are dropped (more VMs than models gives one model each).
+    """
+    if count < 1:
+        raise OpsError("the number of VMs must be at least 1", code=2)
+    weight = key or (lambda item: getattr(item, "timeout_min", None) if not isinstance(item, dict) else item["timeout_min"])
+    order = sorted(range(len(items)), key=lambda i: (-float(weight(items[i])), i))
+    loads = [0.0] * min(count, len(items))
+    bins: list[list[int]] = [[] for _ in loads]
+    for i in order:
+        target = min(range(len(loads)), key=lambda b: (loads[b], b))
+        bins[target].append(i)
+        loads[target] += float(weight(items[i]))
+    return [[items[i] for i in sorted(b)] for b in bins if b]
