@@ -371,7 +371,7 @@ def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = print, state: Any = No
     cfg = clients.resolve(cfg)
     state = state or SessionState(cfg)
     state.register_vm(spec.name, run_id=spec.run_id, kind=spec.kind, zone=spec.zone, expected_end=spec.expected_end,
-                      max_run_end=spec.max_run_end, phase="creating")
+                      max_run_end=spec.max_run_end, phase="creating", machine_type=spec.machine_type, spot=spec.spot)
     request_id = str(uuid.uuid4())  # chosen once: every retry of this insert is the same request
     on_log(f"creating {spec.kind} VM {spec.name} ({spec.machine_type}, {'spot' if spec.spot else 'on-demand'}, "
            f"image {spec.image_name}, deleted by Google after {spec.max_run_s // 3600} h at the latest)")

@@ -32,6 +32,7 @@ STATE_FILE = "session_state.json"
 VERSION = 1
 # A registration younger than this whose owner still runs may be mid-create: not "gone" yet.
 CREATING_GRACE_S = 600.0
+HISTORY_KEEP_S = 40 * 86400  # machine types of past VMs, for `status --usage` (30 days)
 
 Log = Callable[[str], None]
 
@@ -77,6 +78,10 @@ class SessionState:
         data.setdefault("vms", {})
         return data
 
+    def history(self) -> dict[str, dict[str, Any]]:
+        """Machine type, spot and run of every VM created from this PC in the last 40 days, by name."""
+        return dict(self.data().get("history", {}))
+
     def vms(self) -> dict[str, dict[str, Any]]:
         """Every registered VM of this project, by name."""
         return {name: e for name, e in self.data()["vms"].items() if e.get("project", self.cfg.project) == self.cfg.project}
@@ -86,8 +91,10 @@ class SessionState:
         return jsonfile.edit(self.path, {"version": VERSION, "vms": {}})
 
     def register_vm(self, name: str, *, run_id: str, kind: str, zone: str, expected_end: float, max_run_end: float,
-                    owner_pid: int | None = None, phase: str = "running") -> None:
-        """Record a VM before (phase 'creating') and after it is created."""
+                    owner_pid: int | None = None, phase: str = "running", machine_type: str = "",
+                 spot: bool = False) -> None:
+        """Record a VM before (phase 'creating') and after it is created; `history` keeps its machine type for
+        the 30-day usage report after it is gone (Monitoring's uptime series do not say it)."""
         owner = _owner() if owner_pid is None or owner_pid == os.getpid() else {"owner_pid": owner_pid, "owner_started": None}
         with self._edit() as data:
             data.setdefault("vms", {})
@@ -104,6 +111,13 @@ class SessionState:
                 "jobs": old.get("jobs", {}),
                 **owner,
             }
+            if machine_type:
+                history = data.setdefault("history", {})
+                history[name] = {"machine_type": machine_type, "spot": bool(spot), "kind": kind, "run_id": run_id,
+                                 "created": history.get(name, {}).get("created", int(time.time()))}
+                cutoff = time.time() - HISTORY_KEEP_S
+                for old_name in [n for n, h in history.items() if h.get("created", 0) < cutoff]:
+                    del history[old_name]
 
     def set_guarded(self, name: str, guarded: bool) -> None:
         """A VMGuard in this process now answers for the VM: if this process dies uncleanly, reconcile deletes it."""
