@@ -387,7 +387,10 @@ class Transfers:
         retry.call(attempt)
 
     def fetch(self, obj: Obj, dest: Path, count: Callable[[int], None]) -> list[Future]:
-        """Start downloading `obj` to `dest`: one task, or one per slice for a large object."""
+        """Start downloading `obj` to `dest`: one task, or one per slice for a large object.
+
+        Call it only from a thread outside the pool (a set thread): pool threads must never wait on the pool.
+        """
         if obj.size < LARGE_OBJECT:
             return [self.pool.submit(self.fetch_range, obj, dest, 0, None, count)]
         with open(dest, "wb") as fh:
@@ -540,12 +543,18 @@ def _wait(futures: list[Future], what: str) -> None:
         if exc is not None:
             errors.append(exc)
     if errors:
-        from google.api_core import exceptions as gexc
+        _raise_download_error(errors, what)
 
-        if any(isinstance(e, gexc.NotFound) for e in errors):
-            raise SetFailed(f"{what}: an object was replaced or deleted while downloading", status="deferred")
-        first = errors[0]
-        raise SetFailed(f"{what}: download failed after retries: {type(first).__name__}: {first}")
+
+def _raise_download_error(errors: list[BaseException], what: str) -> None:
+    if isinstance(errors[0], SetFailed):
+        raise errors[0]
+    from google.api_core import exceptions as gexc
+
+    if any(isinstance(e, gexc.NotFound) for e in errors):
+        raise SetFailed(f"{what}: an object was replaced or deleted while downloading", status="deferred")
+    first = errors[0]
+    raise SetFailed(f"{what}: download failed after retries: {type(first).__name__}: {first}")
 
 
 def _tree_set(folder: Path, s: ResultSet, staging: Path, transfers: Transfers,
@@ -559,8 +568,13 @@ def _tree_set(folder: Path, s: ResultSet, staging: Path, transfers: Transfers,
         if final.is_file() and check_file(final, obj) is None:
             counter(obj.size, fetched=False)  # verified earlier: a re-run does not fetch it again
             return
-        futures = transfers.fetch(obj, part, counter)
-        _wait(futures, obj.name)
+        if obj.size < LARGE_OBJECT:  # runs on a pool thread: download inline, never wait on the pool from it
+            try:
+                transfers.fetch_range(obj, part, 0, None, counter)
+            except Exception as exc:
+                _raise_download_error([exc], obj.name)
+        else:
+            _wait(transfers.fetch(obj, part, counter), obj.name)
         why = check_file(part, obj)
         if why:
             raise SetFailed(f"{obj.name}: downloaded content does not match GCS ({why})")

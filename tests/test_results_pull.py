@@ -194,21 +194,21 @@ def test_tree_still_uploading_is_deferred_and_kept(bucket, tmp_path):
 def test_tree_changing_while_downloading_is_deferred_and_kept(bucket, tmp_path, monkeypatch):
     files = recorder_files(2)
     put_tree(bucket, TREE, files)
-    real_fetch = results.Transfers.fetch
+    real_fetch = results.Transfers.fetch_range
     uploaded = []
 
-    def fetch_and_upload_more(self, obj, dest, count):
+    def fetch_and_upload_more(self, obj, dest, start, end, count):
         if not uploaded:
             uploaded.append(put(bucket, f"{TREE}/late.out", b"arrived late"))
-        return real_fetch(self, obj, dest, count)
+        return real_fetch(self, obj, dest, start, end, count)
 
-    monkeypatch.setattr(results.Transfers, "fetch", fetch_and_upload_more)
+    monkeypatch.setattr(results.Transfers, "fetch_range", fetch_and_upload_more)
     report = _pull(bucket, tmp_path / "r")
     outcome = _status(report, TREE)
     assert outcome.status == "deferred" and "changed while downloading" in outcome.reason
     assert len(names(bucket)) == len(files) + 1  # everything kept in GCS
     assert Tracker(tmp_path / "r").get(TREE)["status"] == "pending"
-    monkeypatch.setattr(results.Transfers, "fetch", real_fetch)
+    monkeypatch.setattr(results.Transfers, "fetch_range", real_fetch)
     again = _pull(bucket, tmp_path / "r")
     assert _status(again, TREE).status == "cleaned"
     assert (tmp_path / "r" / TREE / "late.out").read_bytes() == b"arrived late"
