@@ -57,7 +57,129 @@ def localcloud_down(c):
 
 # --- VM safety: status, setup, cleanup, sweep (issue 4) ---------------------
 
+
+@task(help={"usage": "per-VM cost over the last 30 days", "json": "print JSON"})
+def status(c, usage=False, json=False):
+    """Image, ops-hpc VMs (uptime, time left, cost so far), bucket, and with --usage 30 days of costs."""
+    _bin(c, "status", *(["--usage"] if usage else []), *(["--json"] if json else []))
+
+
+@task
+def setup(c):
+    """Check credentials, project, APIs, OS Login, bucket (created if missing), IAM permissions and CPU quota."""
+    from lib import preflight
+
+    checks = preflight.run_checks(_cfg())
+    failed = [ch for ch in checks if ch.status == "fail"]
+    if failed:
+        raise Exit(f"{len(failed)} check(s) failed: fix the lines marked FAIL and rerun `make setup`", code=1)
+    print("setup: all checks passed")
+
+
+@task(help={"yes": "do not ask (scripts)"})
+def cleanup(c, yes=False):
+    """Delete every ops-hpc VM and wipe the bucket, after you type 'yes'."""
+    from lib import sweep as sweep_mod
+
+    def confirm(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise Exit("cleanup needs a typed 'yes' on a terminal, or --yes", code=3)
+        return input(f"{question}\ntype 'yes' to continue: ").strip() == "yes"
+
+    try:
+        result = sweep_mod.cleanup(_cfg(), confirm=confirm)
+    except OpsError as exc:
+        raise Exit(f"error: {exc}", code=exc.code) from None
+    if result.get("failed"):
+        raise Exit(code=1)
+
+
+@task(help={"dry_run": "show, change nothing", "grace": "minutes past expected end", "pull": "also pull results"})
+def sweep(c, dry_run=False, grace=None, pull=False):
+    """Delete stopped or overdue ops-hpc VMs now (what the cron/Task Scheduler job runs)."""
+    args = [*(["--dry-run"] if dry_run else []), *(["--grace", str(grace)] if grace is not None else []),
+            *(["--pull"] if pull else [])]
+    _bin(c, "sweep", *args)
+
+
+@task(help={"kind": "analysis or build", "timeouts": "job timeouts in minutes, e.g. 30,60", "spot": "Spot VM",
+            "dry_run": "print the VM and worst-case cost only", "delete": "delete VM NAME instead"})
+def launch(c, kind="analysis", timeouts="", spot=False, dry_run=False, delete=""):
+    """Create an ops-hpc VM (or --delete NAME); see bin/launch --help for every option."""
+    if delete:
+        _bin(c, "launch", "--delete", delete)
+        return
+    args = ["--kind", kind, *(["--timeouts", timeouts] if timeouts else []), *(["--spot"] if spot else []),
+            *(["--dry-run"] if dry_run else [])]
+    _bin(c, "launch", *args)
+
+
 # --- run-staged, log, demo (issue 5) -----------------------------------------
+
+
+def _print_run(out: dict) -> None:
+    if "table" in out:
+        print(out["table"])
+        for vm, secs in out["upload_to_delete_s"].items():
+            when = f"{secs:.1f} s" if secs is not None else "(time unknown)"
+            print(f"{vm}: deleted {when} after its last result upload ({out['deleted_how'].get(vm) or '?'})")
+        print(f"wall time {out['wall_s']:.1f} s, OpenSees time {out['opensees_s']:.1f} s, "
+              f"orchestration overhead {out['overhead_s']:.1f} s")
+
+
+@task(name="run-staged", help={"batch": "batch file (default batches/example.txt)", "wait": "follow, pull, summarise",
+                               "vms": "shard the models across N VMs (balanced by timeout)",
+                               "spot": "spot VMs (with --wait a preempted VM's unfinished models are relaunched)",
+                               "dir": "results folder for --wait", "run_id": "stage into this run id",
+                               "no_fallback": "after the spot retries, do not fall back to an on-demand VM"})
+def run_staged(c, batch="batches/example.txt", wait=False, vms=1, spot=False, dir=None, run_id=None,
+               no_fallback=False):
+    """Stage BATCH, launch self-deleting VM(s) that run it; --wait follows, pulls each result and summarises."""
+    from lib import cli, runstaged
+
+    try:
+        out = runstaged.run_staged(_cfg(), batch, wait=wait, vms=int(vms), spot=spot or None, results_dir=dir,
+                                   run_id=run_id, on_demand_fallback=not no_fallback, on_log=cli.err)
+    except OpsError as exc:
+        raise Exit(f"error: {exc}", code=exc.code) from None
+    print(out["run_id"])
+    _print_run(out)
+    if out.get("lost"):
+        raise Exit(code=1)
+
+
+@task(help={"batch": "batch file", "run_id": "stage into this run id (default: a new one)"})
+def stage(c, batch="batches/example.txt", run_id=None):
+    """Zip and upload BATCH's models to _uploads/RUN_ID/ (same as bin/stage)."""
+    _bin(c, "stage", batch, *(["--run-id", run_id] if run_id else []))
+
+
+@task(help={"run_id": "run id (default: the latest run)", "tail": "log lines to show"})
+def log(c, run_id=None, tail=20):
+    """Progress of a run-staged run and the tail of its current (or last) model's log."""
+    from lib import runlog
+
+    try:
+        print(runlog.format_log(runlog.run_log(_cfg(), run_id, tail=int(tail))))
+    except OpsError as exc:
+        raise Exit(f"error: {exc}", code=exc.code) from None
+
+
+@task(help={"tail": "also print the models' log lines while they run"})
+def demo(c, tail=False):
+    """The whole run-staged pipeline on the local cloud with real OpenSees; results in ./results/."""
+    from lib import cli, runstaged
+
+    try:
+        out = runstaged.demo(REPO / ".state", REPO / "results", on_log=cli.err, tail=tail)
+    except OpsError as exc:
+        raise Exit(f"error: {exc}", code=exc.code) from None
+    _print_run(out)
+    print(f"results verified against their manifests in {out['results_dir']}; bucket holds no results; "
+          f"local cloud stopped, no process left; demo took {out['demo_wall_s']:.1f} s")
+
 
 # --- ssh pipelines: build, run, push, monitor, controls (issue 6) ------------
 

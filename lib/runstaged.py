@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 FINAL = ("ok", "failed", "timeout")
 VM_DONE = ("done", "error", "upload_failed")
 LOCAL_IMAGE_LABEL = "ops-hpc-image"
+BUILT_BY = "opensees-hpc built"  # BUILD_INFO line that build_opensees_full.sh writes; the build pipeline's image description
 
 Log = Callable[[str], None]
 
@@ -98,15 +99,17 @@ def ensure_local_image(cfg: Config, *, on_log: Log = _quiet, boot_timeout: float
         raise OpsError("ensure_local_image is for the local cloud; on GCP build the image with `make build`", code=2)
     images = clients.images(cfg)
     found = [i for i in retry.call(lambda: list(images.list(project=cfg.project, retry=None)))
-             if i.family == cfg.image_family and dict(i.labels).get(LOCAL_IMAGE_LABEL) == "launcher"
-             and i.status == "READY"]
+             if i.family == cfg.image_family and i.status == "READY" and not i.deprecated.state
+             and (dict(i.labels).get(LOCAL_IMAGE_LABEL) == "launcher" or (i.description or "").startswith(BUILT_BY))]
     if found:
         return max(found, key=lambda i: i.creation_timestamp).name
-    build = _build_module()
-    if build is not None:
-        image = build(cfg, on_log)
-        if image:
-            return image
+    try:
+        from lib import build
+    except ImportError:
+        build = None
+    if build is not None and hasattr(build, "build_image"):
+        on_log("building the local opensees-hpc image with the build pipeline (lib/build.py)")
+        return build.build_image(cfg, on_log=on_log, on_line=lambda _: None)["name"]
     from google.cloud import compute_v1 as c
 
     from lib.guard import VMGuard
@@ -130,18 +133,6 @@ def ensure_local_image(cfg: Config, *, on_log: Log = _quiet, boot_timeout: float
         guard.disarm()
     on_log(f"image {image_name} ready (family {cfg.image_family})")
     return image_name
-
-
-def _build_module() -> Callable[[Config, Log], str | None] | None:
-    """issue 6's build pipeline, if it has landed with a callable we know how to use."""
-    try:
-        from lib import build  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    fn = getattr(build, "ensure_local_image", None)
-    if fn is None:
-        return None
-    return lambda cfg, on_log: fn(cfg, on_log=on_log)
 
 
 def _wait_startup_exit(cfg: Config, name: str, timeout: float) -> None:
@@ -214,13 +205,13 @@ def launch(cfg: Config, run_id: str, description: dict[str, Any], shards: list[l
                              machine_type=machine_type, job_timeouts_min=[timeouts[m] for m in shard],
                              startup_script=script,
                              metadata=_metadata(cfg, run_id, shard, len(description["models"])))
-             for name, shard in zip(names, shards)]
+             for name, shard in zip(names, shards, strict=True)]
     runs = [VmRun(name=s.name, models=list(shard), spot=s.spot, machine_type=s.machine_type, hourly=_hourly(cfg, s))
-            for s, shard in zip(specs, shards)]
+            for s, shard in zip(specs, shards, strict=True)]
     timeout = boot_timeout or (90.0 if cfg.local else 600.0)
     with contextlib.ExitStack() as stack:
         guards = []
-        for spec, run in zip(specs, runs):
+        for spec, run in zip(specs, runs, strict=True):
             guards.append(stack.enter_context(VMGuard(cfg, spec.name, on_log=on_log, state=state)))
             vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
             run.id, run.created = vm.get("id", ""), time.time()
@@ -286,9 +277,11 @@ def _deletion(cfg: Config, vm: VmRun) -> tuple[float | None, str]:
     """When and how a VM went away, from its zone operations (GCE and the local cloud record them alike)."""
     if not vm.id:
         return None, "unknown"
+    from google.cloud import compute_v1 as c
+
+    request = c.ListZoneOperationsRequest(project=cfg.project, zone=cfg.zone, filter=f'targetId = "{vm.id}"')
     try:
-        ops = retry.call(lambda: list(clients.zone_operations(cfg).list(
-            project=cfg.project, zone=cfg.zone, filter=f'targetId = "{vm.id}"', retry=None)))
+        ops = retry.call(lambda: list(clients.zone_operations(cfg).list(request=request, retry=None)))
     except Exception:
         return None, "unknown"
     ends = [o for o in ops if o.operation_type in ("delete", "compute.instances.preempted",
@@ -478,9 +471,9 @@ def format_table(rows: list[dict[str, Any]], vms: list[VmRun] | None = None) -> 
     head = ("model", "state", "run time", "files", "size", "cost")
     body = [(r["model"], r["state"], f"{r['seconds']:.1f} s" if r["seconds"] is not None else "-", str(r["files"]),
              human(r["bytes"]), f"${r['cost']:.4f}" if r["cost"] is not None else "-") for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in body]
     for r in rows:
         if r["note"]:
             lines.append(f"{r['model']}: {r['note']}")
@@ -542,4 +535,44 @@ def run_staged(cfg: Config, batch_path: str | Path, *, wait: bool = False, vms: 
         "upload_to_delete_s": {v.name: upload_to_delete_s(v) for v in followed.vms},
         "deleted_how": {v.name: v.how for v in followed.vms}, "results_dir": str(results_dir),
     })
+    return out
+
+
+# ----------------------------------------------------------------------------- the demo
+
+
+def demo(state_dir: Path, results_dir: Path, batch: Path | str = REPO / "batches" / "example.txt", *,
+         on_log: Log = _quiet, tail: bool = False) -> dict[str, Any]:
+    """`make demo`: local cloud up -> image -> run-staged with wait -> verify ./results -> local cloud down.
+
+    Uses its own state folder (the repo's .state/), never the user's, and no ops-hpc.toml or OPS_HPC_*
+    variables, so it behaves the same on every fresh clone. Returns the run's figures plus "verified",
+    "bucket_results_left", "leftover_processes" and "demo_wall_s"; raises OpsError if any check fails.
+    """
+    import psutil
+
+    from lib import results
+    from lib.localcloud import control
+
+    t0 = time.time()
+    state_dir, results_dir = Path(state_dir).resolve(), Path(results_dir).resolve()
+    control.up(state_dir, on_log=on_log)
+    try:
+        cfg = clients.resolve(Config.load({"backend": "local", "state_dir": str(state_dir)}, env={}, path=""))
+        out = run_staged(cfg, batch, wait=True, results_dir=results_dir, on_log=on_log, tail=tail)
+        sets = [f"{out['run_id']}/{r['model']}" for r in out["rows"]]
+        checks = results.verify(None, results_dir, sets)
+        out["verified"] = {v.id: (not v.differences and v.source != "none") for v in checks}
+        out["bucket_results_left"] = [s.id for s in results.list_sets(cfg).sets]
+    finally:
+        control.down(state_dir, on_log=on_log)
+    out["leftover_processes"] = [p.pid for p in psutil.process_iter(["cmdline"])
+                                 if str(state_dir) in " ".join(p.info["cmdline"] or [])]
+    out["demo_wall_s"] = round(time.time() - t0, 2)
+    problems = [f"{k} not verified" for k, ok in out["verified"].items() if not ok]
+    problems += [f"model {m}: {why}" for m, why in out["lost"].items()]
+    problems += [f"result {s} still in the bucket" for s in out["bucket_results_left"]]
+    problems += [f"process {p} of the local cloud still running" for p in out["leftover_processes"]]
+    if problems:
+        raise OpsError("demo failed: " + "; ".join(problems))
     return out
