@@ -198,3 +198,32 @@ def _install_error(proc: subprocess.CompletedProcess) -> Exception:
     from lib.errors import OpsError
 
     return OpsError(f"installing the schedule failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
+
+
+def cleanup(cfg: Config, *, confirm: Callable[[str], bool], on_log: Log = print) -> dict[str, Any]:
+    """Delete every ops-hpc VM (labelled ones only) and every object in the bucket, after `confirm` says yes."""
+    from lib import storage
+
+    cfg = clients.resolve(cfg)
+    vms = [vm for z in _zones(cfg) for vm in compute.list_vms(cfg.replace(zone=z))]
+    try:
+        objects = len(storage.list_blobs(cfg))
+    except Exception as exc:  # a missing bucket: nothing to wipe there
+        on_log(f"bucket gs://{cfg.bucket_name}: {exc}")
+        objects = 0
+    question = (f"delete {len(vms)} ops-hpc VM(s) ({', '.join(v['name'] for v in vms) or 'none'}) and "
+                f"{objects} object(s) in gs://{cfg.bucket_name}, results not yet pulled included?")
+    if not confirm(question):
+        on_log("cleanup cancelled: nothing deleted")
+        return {"cancelled": True, "vms_deleted": [], "objects_deleted": 0}
+    deleted, failed = [], []
+    for vm in vms:
+        try:
+            if compute.delete_vm(cfg.replace(zone=vm["zone"]), vm["name"], on_log=on_log):
+                deleted.append(vm["name"])
+        except Exception as exc:
+            failed.append({"name": vm["name"], "error": str(exc)})
+            on_log(f"could not delete {vm['name']}: {exc}")
+    removed = storage.delete_prefix(cfg, "") if objects else 0
+    on_log(f"cleanup: {len(deleted)} VM(s) deleted, {removed} object(s) removed from gs://{cfg.bucket_name}")
+    return {"cancelled": False, "vms_deleted": deleted, "objects_deleted": removed, "failed": failed}

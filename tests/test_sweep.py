@@ -117,3 +117,21 @@ def test_install_prints_then_installs_once_with_a_fake_crontab(tmp_path, localcl
     assert book.read_text().splitlines() == [expected]  # added once, not twice
     win = run_bin("sweep", "--install", "--windows", env=env)
     assert win.stdout.startswith("schtasks /Create /SC MINUTE /MO 5 /TN ops-hpc-sweep /TR ")
+
+
+def test_cleanup_asks_then_deletes_our_vms_and_wipes_bucket(vms, localcloud):
+    cfg = vms.cfg.replace(bucket=localcloud.new_bucket("clean").bucket_name)
+    from lib import storage
+
+    storage.upload_bytes(cfg, "run-a/out.txt", b"1")
+    storage.upload_bytes(cfg, "_staging/x", b"2")
+    ours, theirs = vms.create(), vms.create(labels=False)
+    asked: list[str] = []
+    no = sweep.cleanup(cfg, confirm=lambda q: asked.append(q) or False, on_log=vms.log)
+    assert no["cancelled"] and compute.get_vm(cfg, ours) is not None and len(storage.list_blobs(cfg)) == 2
+    assert ours in asked[0] and "2 object(s)" in asked[0]
+    done = sweep.cleanup(cfg, confirm=lambda q: True, on_log=vms.log)
+    assert ours in done["vms_deleted"] and done["objects_deleted"] == 2
+    assert compute.get_vm(cfg, ours) is None and storage.list_blobs(cfg) == []
+    assert compute.get_vm(cfg, theirs) is not None  # never an unlabeled VM
+    compute.delete_vm(cfg, theirs, force=True, on_log=vms.log)
