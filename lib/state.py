@@ -254,16 +254,22 @@ def reconcile(cfg: Config, *, on_log: Log = print, on_warn: Log = print, vms: li
 
 
 def _recover_downloads(cfg: Config, on_log: Log) -> list[str]:
-    """Interrupted downloads go back to pending so the next pull retries them (lib/downloads.py, issue 3)."""
+    """Interrupted downloads go back for retry on the next pull (lib/downloads.py, issue 3), if that module is here."""
     try:
         from lib import downloads
     except ImportError:
         return []
-    recover = getattr(downloads, "recover", None)
-    if recover is None:
-        return []
+    folder = Path(cfg.results_dir)
     try:
-        reset = list(recover(Path(cfg.results_dir)) or [])
+        if hasattr(downloads, "recover"):
+            reset = list(downloads.recover(folder) or [])
+        elif hasattr(downloads, "Tracker"):
+            state_file = getattr(downloads, "STATE_FILE", "download_state.json")
+            if not (folder / state_file).exists():  # no pull ever ran here: nothing to reset, create nothing
+                return []
+            reset = list(downloads.Tracker(folder).recover() or [])
+        else:
+            return []
     except Exception as exc:  # a broken download state must not block VM safety
         on_log(f"could not check interrupted downloads: {exc}")
         return []

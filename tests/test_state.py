@@ -147,3 +147,20 @@ def test_power_cut_state_left_mid_run_then_cloud_restarted(tmp_path):
         assert not [v for v in compute.list_vms(cfg) if v["status"] not in compute.STOPPED_STATES]
     finally:
         control.down(state_dir)
+
+
+def test_reconcile_resets_interrupted_downloads(vms, tmp_path):
+    import socket
+
+    downloads = pytest.importorskip("lib.downloads")
+    results = tmp_path / "results"
+    results.mkdir()
+    owner = {"pid": dead_pid(), "host": socket.gethostname(), "create_time": 1.0, "since": time.time()}
+    jsonfile.write_atomic(results / downloads.STATE_FILE, {"format": 1, "sets": {
+        "run-a": {"status": "downloading", "owner": owner}, "run-b": {"status": "pending"}}})
+    result = reconcile(vms.cfg.replace(results_dir=str(results)), on_log=vms.log, on_warn=vms.log)
+    assert result["downloads_reset"] == ["run-a"]
+    assert jsonfile.read(results / downloads.STATE_FILE)["sets"]["run-a"]["status"] == "failed"
+    empty = tmp_path / "never-pulled"
+    assert reconcile(vms.cfg.replace(results_dir=str(empty)), on_log=vms.log, on_warn=vms.log)["downloads_reset"] == []
+    assert not empty.exists()  # reconcile creates nothing where no pull ever ran
