@@ -49,6 +49,14 @@ def _instance(name: str, *, image: str, script: str | None = None, spot: bool = 
     )
 
 
+def _insert(instances, resource):
+    """insert with a requestId chosen up front: the idempotency key that makes a retried insert safe."""
+    from google.cloud import compute_v1
+
+    return instances.insert(request=compute_v1.InsertInstanceRequest(
+        project=PROJECT, zone=ZONE, instance_resource=resource, request_id=str(uuid.uuid4())))
+
+
 BASE_IMAGE = "projects/cloud-hpc-image-public/global/images/family/hpc-rocky-linux-8"
 
 
@@ -148,9 +156,7 @@ def test_compute_insert_spot_vm_from_family_and_delete_through_real_client(local
     cfg = clients.resolve(localcloud.config())
     instances = clients.instances(cfg)
     name = f"contract-{uuid.uuid4().hex[:8]}"
-    op = instances.insert(project=PROJECT, zone=ZONE, instance_resource=_instance(name, image=BASE_IMAGE, spot=True,
-                                                                                   max_run_s=7200),
-                          request_id=str(uuid.uuid4()))
+    op = _insert(instances, _instance(name, image=BASE_IMAGE, spot=True, max_run_s=7200))
     op.result(timeout=30)  # the client's own extended-operation polling, against our endpoint
     vm = instances.get(project=PROJECT, zone=ZONE, instance=name, retry=None)
     assert vm.status == "RUNNING"
@@ -158,7 +164,8 @@ def test_compute_insert_spot_vm_from_family_and_delete_through_real_client(local
     assert vm.scheduling.max_run_duration.seconds == 7200
     assert vm.scheduling.instance_termination_action == "DELETE"
     assert vm.labels["ops-hpc"] == "true"
-    listed = [i.name for i in instances.list(project=PROJECT, zone=ZONE, filter="labels.test=contract", retry=None)]
+    listed = [i.name for i in instances.list(request={"project": PROJECT, "zone": ZONE,
+                                                      "filter": "labels.test=contract"}, retry=None)]
     assert name in listed
     instances.delete(project=PROJECT, zone=ZONE, instance=name).result(timeout=30)
     with pytest.raises(gexc.NotFound):
@@ -172,8 +179,7 @@ def test_monitoring_reads_cpu_series_of_a_local_vm(localcloud):
     instances = clients.instances(cfg)
     name = f"mon-{uuid.uuid4().hex[:8]}"
     script = "#!/bin/bash\nend=$((SECONDS+30)); while [ $SECONDS -lt $end ]; do :; done\n"
-    instances.insert(project=PROJECT, zone=ZONE, instance_resource=_instance(name, image=BASE_IMAGE, script=script),
-                     request_id=str(uuid.uuid4())).result(timeout=30)
+    _insert(instances, _instance(name, image=BASE_IMAGE, script=script)).result(timeout=30)
     try:
         vm = instances.get(project=PROJECT, zone=ZONE, instance=name, retry=None)
         client = clients.monitoring(cfg)
@@ -216,9 +222,7 @@ sleep 300 &
 curl -s -X DELETE -H "Authorization: Bearer $TOKEN" "$OPS_HPC_COMPUTE_API/projects/$PROJECT/zones/$ZONE/instances/$ME" || true
 sleep 300
 """
-    clients.instances(cfg).insert(project=PROJECT, zone=ZONE, instance_resource=_instance(name, image=BASE_IMAGE,
-                                                                                           script=script),
-                                  request_id=str(uuid.uuid4())).result(timeout=30)
+    _insert(clients.instances(cfg), _instance(name, image=BASE_IMAGE, script=script)).result(timeout=30)
     pids = _vm_processes(localcloud, name)
     assert pids, "the VM should be a running process"
     _wait_gone(cfg, name, timeout=60)

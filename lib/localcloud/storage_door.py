@@ -1,11 +1,16 @@
 """The storage door: a small streaming proxy in front of fake-gcs-server.
 
-Two reasons it exists:
+Three reasons it exists:
 - fake-gcs-server's filesystem backend maps an object named `a/../../x` (a legal
   GCS name) to a path outside its root. The door refuses names with `..` segments
   when the store is a filesystem, so rehearsing a hostile bucket cannot write on
   the user's disk. (Tests of hostile names use the memory backend, which keeps
   such names faithfully, and the door lets them through there.)
+- fake-gcs-server ignores generation preconditions (measured: a delete or an
+  upload with a wrong `ifGenerationMatch` succeeds). ops-hpc's safety rests on
+  them (never delete an object re-uploaded meanwhile), so the door enforces
+  `ifGenerationMatch` / `ifGenerationNotMatch` on object writes and deletes, as GCS
+  does, holding a per-object lock across check and write.
 - It is where storage faults are injected: HTTP errors, connection resets,
   stalls, and same-size corruption of downloaded bytes.
 """
@@ -19,9 +24,10 @@ import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from lib.localcloud.faults import FaultRegistry
+from lib.localcloud.http import REASONS
 
 CHUNK = 1 << 20
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
@@ -30,6 +36,21 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding
 def unsafe_name(name: str) -> bool:
     """True when a filesystem store would resolve the name outside its bucket folder."""
     return any(part == ".." for part in name.replace("\\", "/").split("/"))
+
+
+def object_target(method: str, raw_path: str, body_head: bytes) -> tuple[str, str] | None:
+    """(bucket, object) a write or delete applies to, or None for reads and bucket calls."""
+    parts = urlsplit(raw_path)
+    segs = parts.path.split("/")
+    if method == "DELETE" or method in ("PUT", "PATCH") and "upload_id" not in parts.query:
+        # /storage/v1/b/B/o/NAME
+        if len(segs) == 7 and segs[1:3] == ["storage", "v1"] and segs[3] == "b" and segs[5] == "o":
+            return unquote(segs[4]), unquote(segs[6])
+        return None
+    if method == "POST" and parts.path.startswith("/upload/storage/v1/b/") and len(segs) >= 7:
+        names = names_in_request(method, raw_path, body_head)
+        return (unquote(segs[5]), names[0]) if names else None
+    return None
 
 
 def names_in_request(method: str, raw_path: str, body_head: bytes) -> list[str]:
@@ -86,6 +107,12 @@ class StorageDoor:
         self.server.daemon_threads = True
         self.host, self.port = self.server.server_address[:2]
         self._thread: threading.Thread | None = None
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def object_lock(self, target: tuple[str, str]) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(target, threading.Lock())
 
     @property
     def url(self) -> str:
@@ -122,8 +149,9 @@ class _DoorHandler(BaseHTTPRequestHandler):
         return conn
 
     def _send_json(self, code: int, message: str) -> None:
+        reason = REASONS.get(code, "error")
         body = json.dumps({"error": {"code": code, "message": message, "errors": [
-            {"message": message, "domain": "global", "reason": "invalid" if code == 400 else "backendError"}]}}).encode()
+            {"message": message, "domain": "global", "reason": reason}]}}).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -173,6 +201,41 @@ class _DoorHandler(BaseHTTPRequestHandler):
                 self._send_json(400, f"the local cloud refuses object name {bad[0]!r}: its filesystem store "
                                      "cannot hold '..' segments safely (use the memory backend to rehearse such names)")
                 return
+        query = parse_qs(urlsplit(self.path).query)
+        target = None
+        if "ifGenerationMatch" in query or "ifGenerationNotMatch" in query:
+            target = object_target(self.command, self.path, (body or b"")[:65536])
+        if target is None:
+            self._forward(body, length, fault)
+            return
+        with door.object_lock(target):
+            problem = self._precondition_problem(target, query)
+            if problem:
+                self._send_json(412, problem)
+                return
+            self._forward(body, length, fault)
+
+    def _precondition_problem(self, target: tuple[str, str], query: dict[str, list[str]]) -> str | None:
+        """GCS's semantics: generation 0 means 'does not exist'."""
+        bucket, name = target
+        conn = http.client.HTTPConnection(*self.door.upstream, timeout=60)
+        try:
+            conn.request("GET", f"/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}")
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        current = int(json.loads(raw)["generation"]) if resp.status == 200 else 0
+        match = query.get("ifGenerationMatch", [None])[0]
+        not_match = query.get("ifGenerationNotMatch", [None])[0]
+        if match is not None and int(match) != current:
+            return f"At least one of the pre-conditions you specified did not hold. (generation is {current})"
+        if not_match is not None and int(not_match) == current:
+            return "At least one of the pre-conditions you specified did not hold."
+        return None
+
+    def _forward(self, body: bytes | None, length: int, fault) -> None:
+        door = self.door
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
         headers["Host"] = f"{door.upstream[0]}:{door.upstream[1]}"
         conn = self._upstream()
