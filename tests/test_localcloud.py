@@ -358,3 +358,16 @@ def test_objects_survive_a_restart(tmp_path):
         assert storage.download_bytes(cfg, "r/a.txt") == b"kept"
     finally:
         control.down(state_dir)
+
+
+def test_generation_preconditions_hold_on_the_local_cloud(bucket):
+    """GCS refuses a create-only upload over an existing object; the local cloud must too (fake-gcs-server alone does not)."""
+    storage.upload_bytes(bucket, "p.txt", b"v1")
+    blob = storage.bucket(bucket).blob("p.txt")
+    with pytest.raises(gexc.PreconditionFailed):
+        blob.upload_from_string(b"v2", if_generation_match=0, retry=None)
+    current = storage.get_blob(bucket, "p.txt")
+    with pytest.raises(gexc.PreconditionFailed):
+        blob.upload_from_string(b"v2", if_generation_match=current.generation + 7, retry=None)
+    blob.upload_from_string(b"v2", if_generation_match=current.generation, retry=None)
+    assert storage.download_bytes(bucket, "p.txt") == b"v2"
