@@ -229,8 +229,6 @@ def test_every_delete_carries_the_verified_generation(bucket, tmp_path, monkeypa
     assert deletes == gens and all(isinstance(g, int) and g > 0 for g in deletes.values())
 
 
-@pytest.mark.xfail(strict=True, reason="fake-gcs-server ignores ifGenerationMatch (and generation) on DELETE; "
-                                       "real GCS answers 412. Strict: passes once the local cloud's door enforces it")
 def test_zip_replaced_between_listing_and_delete_is_not_deleted(bucket, tmp_path, monkeypatch):
     put(bucket, "run-1/frame.zip", make_zip(recorder_files(2, "old")))
     newer = make_zip(recorder_files(2, "new"))
