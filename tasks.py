@@ -55,6 +55,29 @@ def localcloud_down(c):
 
 # --- results: pull, watch, verify (issue 3) ---------------------------------
 
+
+def _results_args(dir: str, json: bool = False) -> list[str]:
+    return [*(["--dir", dir] if dir else []), *(["--json"] if json else [])]
+
+
+@task(help={"dir": "results folder (default ./results)", "yes": "do not ask first", "json": "machine-readable"})
+def pull(c, dir="", yes=False, json=False):
+    """Download, verify, extract and clean every result set in the bucket (asks first unless --yes)."""
+    _bin(c, "pull", *(["--yes"] if yes else []), *_results_args(dir, json))
+
+
+@task(help={"dir": "results folder (default ./results)", "interval": "seconds between polls (default 60)"})
+def watch(c, dir="", interval=60):
+    """Keep pulling every INTERVAL seconds until Ctrl+C: each new set is pulled as soon as it appears."""
+    _bin(c, "pull", "--yes", "--watch", "--interval", str(interval), *_results_args(dir))
+
+
+@task(help={"dir": "results folder (default ./results)", "offline": "manifests and recorded checksums only"})
+def verify(c, dir="", offline=False, json=False):
+    """Re-check pulled sets file by file against GCS, their MANIFEST.json, or what pull recorded."""
+    _bin(c, "verify", *(["--offline"] if offline else []), *_results_args(dir, json))
+
+
 # --- VM safety: status, setup, cleanup, sweep (issue 4) ---------------------
 
 
