@@ -186,8 +186,9 @@ def test_monitoring_reads_cpu_series_of_a_local_vm(localcloud):
         now = time.time()
         interval = monitoring_v3.TimeInterval(end_time={"seconds": int(now) + 60}, start_time={"seconds": int(now) - 600})
         points = []
-        deadline = time.monotonic() + 15
-        while not points and time.monotonic() < deadline:
+        deadline = time.monotonic() + 20
+        # The first sample of a process's CPU is 0 by construction (psutil needs two readings): wait for a busy one.
+        while not any(p.value.double_value > 0 for p in points) and time.monotonic() < deadline:
             series = retry.call(client.list_time_series, request={
                 "name": f"projects/{PROJECT}",
                 "filter": f'metric.type = "compute.googleapis.com/instance/cpu/utilization" '
