@@ -1,0 +1,64 @@
+"""Batch files: every bad line reported with file and line before anything happens; sharding by timeout."""
+
+from __future__ import annotations
+
+import pytest
+
+from lib.batches import BatchError, parse_batch, shard_by_timeout
+
+
+def _model(folder, main="main.tcl"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / main).write_text("puts hi\n")
+
+
+def test_example_batch_parses():
+    batch = parse_batch("batches/example.txt")
+    assert [m.name for m in batch.models] == ["frame_pushover", "truss_transient"]
+    assert all(m.main == "main.tcl" and m.cores == 1 and m.timeout_min == 5 for m in batch.models)
+
+
+def test_every_bad_line_is_reported_with_file_and_line(tmp_path):
+    base = tmp_path / "b"
+    _model(base / "good")
+    _model(base / "other")
+    (base / "nomain").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    _model(outside)
+    text = "\n".join([
+        "# comment line",
+        "good timeout=5",          # 2 ok
+        "missing",                 # 3 missing folder
+        "nomain",                  # 4 no main script
+        "other timeout=ten",       # 5 non-numeric timeout
+        "other name=good",         # 6 duplicate name
+        "../outside",              # 7 outside the base
+        "other cores=0",           # 8 cores not above 0
+        "other colour=red",        # 9 unknown option
+        "",
+    ])
+    batch = base / "batch.txt"
+    batch.write_text(text)
+    with pytest.raises(BatchError) as err:
+        parse_batch(batch)
+    problems = err.value.problems
+    assert err.value.code == 2
+    lines = sorted(int(p.split(":")[1]) for p in problems)
+    assert lines == [3, 4, 5, 6, 7, 8, 9]
+    joined = "\n".join(problems)
+    for words in ("does not exist", "no main script", "timeout='ten'", "duplicate model name", "outside the batch",
+                  "cores='0'", "unknown option"):
+        assert words in joined
+    assert all(p.startswith(f"{batch}:") for p in problems)
+
+
+def test_shard_by_timeout_is_balanced_and_keeps_order():
+    items = [{"name": n, "timeout_min": t} for n, t in zip("abcdefg", [8, 1, 3, 3, 2, 5, 4], strict=True)]
+    shards = shard_by_timeout(items, 3)
+    loads = sorted(sum(i["timeout_min"] for i in s) for s in shards)
+    assert loads == [8, 9, 9]  # LPT: 26 minutes over 3 VMs, no VM above 9
+    assert sorted(i["name"] for s in shards for i in s) == list("abcdefg")
+    for s in shards:  # batch order inside each shard
+        assert [i["name"] for i in s] == sorted(i["name"] for i in s)
+    assert len(shard_by_timeout(items[:2], 5)) == 2  # never an empty shard
+    assert shard_by_timeout(items, 1) == [items]

@@ -1,0 +1,74 @@
+"""bin/stage: zips and uploads each model with the batch description; idempotent; a bad batch uploads nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+import zipfile
+
+from helpers import run_bin
+
+from lib import stage, storage
+from lib.batches import parse_batch
+
+
+def _batch(tmp_path):
+    base = tmp_path / "models"
+    for name in ("alpha", "beta"):
+        folder = base / name
+        (folder / "sub").mkdir(parents=True)
+        (folder / "main.tcl").write_text(f"puts {name}\n")
+        (folder / "ground.cdata").write_bytes(b"\x00\x01" * 100)
+        (folder / "sub" / "section.tcl").write_text("# section\n")
+        (folder / ".hidden").write_text("x")
+        (folder / "old.zip").write_bytes(b"PK")
+        (folder / "results" / "run-1").mkdir(parents=True)
+        (folder / "results" / "run-1" / "x.out").write_text("old")
+        (folder / "pulled").mkdir()
+        (folder / "pulled" / "MANIFEST.json").write_text("{}")
+    batch = base / "batch.txt"
+    batch.write_text("alpha timeout=3\nbeta cores=4 timeout=7 name=Beta-2\n")
+    return batch
+
+
+def test_stage_uploads_models_scripts_and_description(localcloud, bucket, tmp_path):
+    batch = parse_batch(_batch(tmp_path))
+    staged = stage.stage(bucket, batch)
+    run_id = staged.run_id
+    assert run_id.startswith("run-") and stage.check_run_id(run_id)
+    names = storage.bucket_names(storage.list_blobs(bucket, f"_uploads/{run_id}/"))
+    assert names == sorted([f"_uploads/{run_id}/{n}" for n in
+                            ("alpha.zip", "Beta-2.zip", "batch.json", "vm-scripts/lib.sh", "vm-scripts/run_analysis.sh")])
+    desc = json.loads(storage.download_bytes(bucket, f"_uploads/{run_id}/batch.json"))
+    assert desc["format"] == 1 and desc["run_id"] == run_id
+    beta = desc["models"][1]
+    assert (beta["name"], beta["main"], beta["cores"], beta["timeout_min"]) == ("Beta-2", "main.tcl", 4, 7)
+    assert beta["crc32c"] == storage.get_blob(bucket, beta["zip"]).crc32c
+    with zipfile.ZipFile(io.BytesIO(storage.download_bytes(bucket, beta["zip"]))) as zf:
+        # earlier results, hidden files and zips are not inputs
+        assert sorted(zf.namelist()) == ["ground.cdata", "main.tcl", "sub/section.tcl"]
+
+
+def test_staging_twice_is_idempotent(localcloud, bucket, tmp_path):
+    batch = parse_batch(_batch(tmp_path))
+    first = stage.stage(bucket, batch)
+    generations = {b.name: b.generation for b in storage.list_blobs(bucket, "_uploads/")}
+    again = stage.stage(bucket, batch, run_id=first.run_id)
+    assert again.uploaded == [] and len(again.unchanged) == 5
+    assert {b.name: b.generation for b in storage.list_blobs(bucket, "_uploads/")} == generations
+
+
+def test_bin_stage_prints_run_id_and_refuses_bad_batch(localcloud, tmp_path):
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    env = localcloud.env(bucket=name)
+    batch = _batch(tmp_path)
+    ok = run_bin("stage", str(batch), env=env)
+    assert ok.returncode == 0, ok.stderr
+    run_id = ok.stdout.strip()
+    assert stage.load_description(localcloud.config(bucket=name), run_id)["run_id"] == run_id
+    batch.write_text(batch.read_text() + "gamma\nalpha timeout=x\n")
+    bad = run_bin("stage", str(batch), env=env)
+    assert bad.returncode == 2
+    assert f"{batch}:3:" in bad.stderr and f"{batch}:4:" in bad.stderr
+    assert len(storage.list_blobs(localcloud.config(bucket=name), "_uploads/")) == 5  # nothing more uploaded
