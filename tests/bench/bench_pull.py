@@ -1,0 +1,176 @@
+"""Benchmark: bin/pull (download + verify + extract + clean) against `gcloud storage rsync -r`, same emulator, same run.
+
+Run with `make bench-pull` (pytest -q -s tests/bench/bench_pull.py); not part of `make test`.
+
+The set: ~2,000 small recorder-like text files (1-20 KB) plus 3 files of 200 MB of random bytes
+(incompressible, the worst case for zip), laid out once as a legacy tree and once as 4 model zips
+(deflate level 1; each big file in its own zip with ~500 small files, plus one zip of small files only).
+gcloud only copies the objects (zips stay zipped); bin/pull also verifies every CRC32C, extracts and
+checks every zip member's CRC, checks the manifests and deletes the objects from the bucket.
+Sizes can be changed with BENCH_SMALL / BENCH_BIG_MB / BENCH_BIG_COUNT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from lib import storage
+from tests.helpers import REPO, needs_gcloud
+from tests.test_results_support import manifest_for
+
+SMALL = int(os.environ.get("BENCH_SMALL", "2000"))
+BIG_MB = int(os.environ.get("BENCH_BIG_MB", "200"))
+BIG_COUNT = int(os.environ.get("BENCH_BIG_COUNT", "3"))
+TREE = "Bench_20261121-101500"
+RUN = "run-20261121-101500-bench"
+
+
+def _small_files() -> dict[str, bytes]:
+    rnd = random.Random(7)
+    files = {}
+    for i in range(SMALL):
+        model, node = divmod(i, 500)
+        lines = rnd.randint(20, 400)  # ~1-20 KB
+        text = "".join(f"{t * 0.01:.4f} {rnd.uniform(-1, 1):.6e} {rnd.uniform(-1, 1):.6e}\n" for t in range(lines))
+        files[f"model{model}/Node_Disp_{node}.out"] = text.encode()
+    return files
+
+
+def _upload(cfg, items: list[tuple[str, Path | bytes]]) -> None:
+    bucket = storage.bucket(cfg)
+
+    def one(item):
+        name, data = item
+        blob = bucket.blob(name)
+        if isinstance(data, Path):
+            blob.upload_from_filename(str(data), if_generation_match=0)
+        else:
+            blob.upload_from_string(data, if_generation_match=0)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, items))
+
+
+def _gcloud_env(cloud, tmp: Path) -> dict[str, str]:
+    env = cloud.env()
+    env["CLOUDSDK_CONFIG"] = str(tmp / "gcloud-config")  # never touch the user's gcloud configuration
+    env["CLOUDSDK_CORE_DISABLE_PROMPTS"] = "1"
+    return env
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    return time.perf_counter() - start, proc
+
+
+def _tree_bytes(folder: Path) -> tuple[int, int]:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def _race(cloud, cfg, tmp: Path, prefix: str, label: str, build) -> dict:
+    """Upload with `build`, time gcloud rsync of `prefix`, then bin/pull of everything (which cleans the bucket)."""
+    build()
+    listed = storage.list_blobs(cfg, prefix)
+    objects, size = len(listed), sum(b.size for b in listed)
+    g_dir, p_dir = tmp / f"{label}-gcloud", tmp / f"{label}-pull"
+    g_secs, g = _timed(["gcloud", "storage", "rsync", "-r", f"gs://{cfg.bucket_name}/{prefix.rstrip('/')}",
+                        str(g_dir)], _gcloud_env(cloud, tmp))
+    assert g.returncode == 0, g.stderr[-2000:]
+    g_files, g_bytes = _tree_bytes(g_dir)
+    assert (g_files, g_bytes) == (objects, size), "gcloud did not copy everything"
+    shutil.rmtree(g_dir)
+    env = cloud.env(bucket=cfg.bucket_name)
+    p_secs, p = _timed([sys.executable, str(REPO / "bin" / "pull"), "--yes", "--json", "--no-progress",
+                        "--settle", "0", "--dir", str(p_dir)], env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads(p.stdout)
+    assert report["ok"] and all(o["status"] == "cleaned" for o in report["outcomes"]), report
+    assert storage.list_blobs(cfg, prefix) == []
+    p_files, p_bytes = _tree_bytes(p_dir)
+    shutil.rmtree(p_dir)
+    return {"label": label, "objects": objects, "bytes": size, "gcloud_s": g_secs, "pull_s": p_secs,
+            "pulled_files": p_files, "pulled_bytes": p_bytes}
+
+
+@needs_gcloud
+def test_bench_pull_against_gcloud_rsync(localcloud, tmp_path):
+    need = (BIG_MB * BIG_COUNT * 4 + 200) << 20
+    free = shutil.disk_usage(tmp_path).free
+    if free < need:
+        pytest.skip(f"needs {need >> 20} MB free in {tmp_path}, has {free >> 20} MB")
+    cfg = localcloud.new_bucket("bench")
+    small = _small_files()
+    bigs = []
+    for i in range(BIG_COUNT):
+        path = tmp_path / f"big{i}.bin"
+        with open(path, "wb") as fh:
+            for _ in range(BIG_MB):
+                fh.write(os.urandom(1 << 20))
+        bigs.append(path)
+
+    def build_tree():
+        items: list[tuple[str, Path | bytes]] = [(f"{TREE}/{rel}", data) for rel, data in small.items()]
+        items += [(f"{TREE}/model{i}/Element_Force_all.out", p) for i, p in enumerate(bigs)]
+        _upload(cfg, items)
+
+    def build_zips():
+        groups: dict[int, dict[str, bytes]] = {}
+        for rel, data in small.items():
+            model, _, name = rel.partition("/")
+            groups.setdefault(int(model[5:]), {})[name] = data
+        items = []
+        for model, files in sorted(groups.items()):
+            zpath = tmp_path / f"model{model}.zip"
+            listed = dict(files)
+            with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+                for name, data in files.items():
+                    zf.writestr(name, data)
+                if model < len(bigs):
+                    zf.write(bigs[model], "Element_Force_all.out")
+                    listed["Element_Force_all.out"] = bigs[model].read_bytes()
+                manifest = manifest_for(listed, run_id=RUN, model=f"model{model}")
+                zf.writestr("MANIFEST.json", json.dumps(manifest))
+                del listed
+            items.append((f"{RUN}/model{model}.zip", zpath))
+        _upload(cfg, items)
+        for _, p in items:
+            p.unlink()
+
+    t0 = time.perf_counter()
+    rows = [_race(localcloud, cfg, tmp_path, TREE + "/", "tree", build_tree)]
+    rows.append(_race(localcloud, cfg, tmp_path, RUN + "/", "zips", build_zips))
+    for p in bigs:
+        p.unlink()
+
+    help_times = []
+    for _ in range(7):
+        secs, proc = _timed([sys.executable, str(REPO / "bin" / "pull"), "--help"], os.environ.copy())
+        assert proc.returncode == 0
+        help_times.append(secs)
+
+    print(f"\n\nbin/pull vs gcloud storage rsync -r, local cloud, {os.cpu_count()} CPU(s), "
+          f"{SMALL} small files + {BIG_COUNT} x {BIG_MB} MB random (total run {time.perf_counter() - t0:.0f} s)")
+    print(f"{'format':<6} {'objects':>7} {'MB':>8} {'gcloud s':>9} {'pull s':>8} {'ratio':>6}  pull also did")
+    for r in rows:
+        did = "verify+clean" if r["label"] == "tree" else f"verify+extract {r['pulled_files']} files+clean"
+        print(f"{r['label']:<6} {r['objects']:>7} {r['bytes'] / 2**20:>8.0f} {r['gcloud_s']:>9.1f} "
+              f"{r['pull_s']:>8.1f} {r['gcloud_s'] / r['pull_s']:>5.2f}x  {did}")
+    total_g, total_p = sum(r["gcloud_s"] for r in rows), sum(r["pull_s"] for r in rows)
+    print(f"{'all':<6} {'':>7} {'':>8} {total_g:>9.1f} {total_p:>8.1f} {total_g / total_p:>5.2f}x  (goal >= 1.25x)")
+    print(f"bin/pull --help: min {min(help_times) * 1000:.0f} ms, median {statistics.median(help_times) * 1000:.0f} ms "
+          f"(goal < 300 ms)\n")
+    assert min(help_times) < 0.3
