@@ -315,6 +315,7 @@ def follow(cfg: Config, run_id: str, description: dict[str, Any], runs: list[VmR
     last_tail = 0.0
     shown: dict[str, str] = {}
     started: set[str] = set()
+    checked: dict[str, float] = {}
     limit = time.monotonic() + (deadline_s if deadline_s is not None else
                                 sum(int(m["timeout_min"]) for m in description["models"]) * 60 / max(cfg.time_scale, 1e-9)
                                 + 600)
@@ -359,6 +360,10 @@ def follow(cfg: Config, run_id: str, description: dict[str, Any], runs: list[VmR
         for vm in out.vms:
             if vm.gone:
                 continue
+            # a VM that says it is done is watched closely (its deletion is timed); others every 2 s
+            if vm.state not in VM_DONE + ("preempted",) and time.monotonic() - checked.get(vm.name, 0.0) < 2.0:
+                continue
+            checked[vm.name] = time.monotonic()
             if compute.get_vm(cfg, vm.name) is not None:
                 continue
             vm.gone = True

@@ -113,16 +113,16 @@ def test_failed_and_timed_out_models_still_upload_and_the_vm_deletes_itself(cfg,
 
 def test_fan_out_across_three_vms_gives_the_same_files_as_one(cfg, image, tmp_path):
     base = tmp_path / "batch"
-    for i, example in enumerate(["frame_pushover", "truss_transient", "frame_pushover", "truss_transient"]):
+    for i, example in enumerate(["frame_pushover", "truss_transient", "frame_pushover"]):
         _copy_example(base, example, f"m{i}")
-    (base / "batch.txt").write_text("m0 timeout=4\nm1 timeout=3\nm2 timeout=2\nm3 timeout=1\n")
+    (base / "batch.txt").write_text("m0 timeout=4\nm1 timeout=3\nm2 timeout=2\n")
     one = runstaged.run_staged(cfg, base / "batch.txt", wait=True, results_dir=tmp_path / "one", image=image,
                                tail=False)
     three = runstaged.run_staged(cfg, base / "batch.txt", wait=True, vms=3, results_dir=tmp_path / "three",
                                  image=image, tail=False)
     assert len(one["vms"]) == 1 and len(three["vms"]) == 3
     used = set()
-    for m in ("m0", "m1", "m2", "m3"):
+    for m in ("m0", "m1", "m2"):
         a = tmp_path / "one" / one["run_id"] / m
         b = tmp_path / "three" / three["run_id"] / m
         assert _files(a) == _files(b) and _files(a)
@@ -136,7 +136,7 @@ def test_fan_out_across_three_vms_gives_the_same_files_as_one(cfg, image, tmp_pa
 def test_preempted_spot_vm_relaunches_only_unfinished_models(cfg, image, localcloud, tmp_path):
     base = tmp_path / "batch"
     for name in ("first", "second", "third"):
-        _tcl(base, name, SLOW_TCL.format(ms=1500))
+        _tcl(base, name, SLOW_TCL.format(ms=1000))
     (base / "batch.txt").write_text("first timeout=5\nsecond timeout=5\nthird timeout=5\n")
     preempted: list[str] = []
 
