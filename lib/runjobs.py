@@ -86,6 +86,7 @@ def run_jobs(
     on_deadline: Callable[[Deadline], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
     name: str | None = None,
+    image: str | None = None,
     log_dir: Path | None = None,
     minute_s: float = 60.0,
     check_s: float = CHECK_S,
@@ -95,7 +96,7 @@ def run_jobs(
 ) -> RunResult:
     """Run every job of `jobs_file` on one new VM; returns each job's outcome. The VM is deleted however it ends.
 
-    minute_s scales the jobs' minutes (tests use a few seconds per "minute"); check_s is the watchdog period.
+    image: NAME or family/F (default: the newest of cfg.image_family). minute_s scales the jobs' minutes (tests use a few seconds per "minute"); check_s is the watchdog period.
     """
     batch = parse_batch(jobs_file)
     cfg = clients.resolve(cfg)
@@ -112,7 +113,7 @@ def run_jobs(
 
     storage.ensure_bucket(cfg, on_log=on_log)  # before paying for a VM: results need somewhere to go
     spec = compute.plan_vm(cfg, name=name, kind="analysis", run_id=run_id, job_timeouts_min=batch.timeouts_min,
-                           metadata={"ops-hpc-bucket": cfg.bucket_name})
+                           image=image, metadata={"ops-hpc-bucket": cfg.bucket_name})
     on_log(f"run {run_id}: {len(batch.models)} job(s) on {name}; results to gs://{cfg.bucket_name}/")
     compute.create_vm(cfg, spec, on_log=on_log, state=state)
     uploads: list[threading.Thread] = []

@@ -18,7 +18,18 @@ log() { printf '[build %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 install_launcher() {
   # $1: the command that runs one Tcl script single-process; $2: the MPI command prefix ("" when none).
-  mkdir -p "$PREFIX/bin"
+  # Scripts run through line_buffered.tcl: Tcl buffers stdout fully when it is not a terminal (an ssh
+  # session without a tty, a pipe), so without it `make run` would show a job's output in 4 KB bursts.
+  mkdir -p "$PREFIX/bin" "$PREFIX/share"
+  cat > "$PREFIX/share/line_buffered.tcl" <<'TCL'
+# line_buffered.tcl SCRIPT ?ARGS?: run SCRIPT with stdout flushed at every line, argv as if run directly.
+fconfigure stdout -buffering line
+if {$argc < 1} { puts stderr "usage: line_buffered.tcl SCRIPT ?ARGS?"; exit 2 }
+set argv0 [lindex $argv 0]
+set argv [lrange $argv 1 end]
+incr argc -1
+source $argv0
+TCL
   cat > "$PREFIX/bin/openseesmp" <<EOF
 #!/bin/bash
 # openseesmp N script.tcl: run an OpenSees model on N cores (N=1: sequential OpenSees).
@@ -26,8 +37,10 @@ set -euo pipefail
 if [ \$# -lt 2 ]; then echo "usage: openseesmp N script.tcl [args...]" >&2; exit 2; fi
 N="\$1"; shift
 case "\$N" in ''|*[!0-9]*) echo "openseesmp: N must be a whole number, got '\$N'" >&2; exit 2;; esac
-if [ "\$N" -le 1 ] || [ -z "$2" ]; then exec $1 "\$@"; fi
-exec $2 -np "\$N" "\$(dirname "\$0")/OpenSeesMP" "\$@"
+HERE="\$(cd "\$(dirname "\$(readlink -f "\$0")")" && pwd)"  # through the /usr/local/bin symlink
+LB="\$HERE/../share/line_buffered.tcl"
+if [ "\$N" -le 1 ] || [ -z "$2" ]; then exec $1 "\$LB" "\$@"; fi
+exec $2 -np "\$N" "\$HERE/OpenSeesMP" "\$LB" "\$@"
 EOF
   chmod 755 "$PREFIX/bin/openseesmp"
   echo "opensees-hpc built $(date -u +%Y-%m-%dT%H:%M:%SZ) from ${OPENSEES_REF} on ${CORES} cores" > "$PREFIX/BUILD_INFO"
@@ -36,7 +49,7 @@ EOF
 if [ -n "$ROOT" ]; then
   log "local cloud: stand-in build (python -m opensees) into $PREFIX"
   python3 -c 'import opensees' || { echo "the local cloud's Python lacks the opensees package" >&2; exit 1; }
-  install_launcher "python3 -m opensees" ""
+  install_launcher "python3 -u -m opensees" ""  # -u: the package prints through Python's buffered stdout
   log "done: $(cat "$PREFIX/BUILD_INFO")"
   exit 0
 fi
