@@ -200,3 +200,19 @@ def test_a_vm_that_never_reports_is_deleted_by_its_guard(cfg, image, tmp_path):
         runstaged.launch(broken, run_id, description, [["m"]], image=image, machine_type=SMALL, boot_timeout=3)
     assert compute.get_vm(cfg, name) is None
     assert name not in SessionState(cfg).vms()
+
+
+def test_demo_pipeline_end_to_end_leaves_nothing_behind(tmp_path):
+    """What `make demo` runs, in its own state folder: results verified, bucket empty, no process left."""
+    out = runstaged.demo(tmp_path / ".state", tmp_path / "results")
+    assert {r["model"]: r["state"] for r in out["rows"]} == {"frame_pushover": "ok", "truss_transient": "ok"}
+    assert all(out["verified"].values()) and len(out["verified"]) == 2
+    assert out["bucket_results_left"] == [] and out["leftover_processes"] == []
+    for model, recorders in (("frame_pushover", ["roof_disp.out", "floor_disp.out", "base_reactions.out"]),
+                             ("truss_transient", ["midspan_disp.out", "midspan_accel.out", "support_reactions.out",
+                                                  "member_forces.out"])):
+        folder = tmp_path / "results" / out["run_id"] / model
+        for name in recorders:
+            assert (folder / "output" / name).stat().st_size > 0
+    (vm,) = out["vms"]
+    assert out["upload_to_delete_s"][vm] < 30 and out["overhead_s"] >= 0
