@@ -476,12 +476,14 @@ def _pull_set(cfg: Config, folder: Path, s: ResultSet, tracker: Tracker, transfe
         staging.mkdir(parents=True)
         entry = tracker.get(s.id) or {}
         if s.kind == "zip":
-            files, model_state = _zip_set(folder, s, staging, transfers, counter, entry)
+            files, model_state = _zip_set(folder, s, staging, transfers, counter, entry,
+                                          lambda: _unchanged(cfg, s))
         else:
             files, model_state = _tree_set(folder, s, staging, transfers, counter)
         out.model_state = model_state
         out.fetched_bytes = counter.fetched
-        _unchanged(cfg, s)
+        if s.kind == "tree":
+            _unchanged(cfg, s)  # zips are checked in _zip_set, before their folder is put in place
         tracker.set_status(s.id, "downloaded", round=s.round, files=files, keep_owner=True,
                            model_state=model_state)
         kept = transfers.delete(s.objects)
@@ -586,10 +588,10 @@ def _tree_set(folder: Path, s: ResultSet, staging: Path, transfers: Transfers,
     futures = [transfers.pool.submit(ensure, o, p) for o, p in small]
     for o, p in large:  # slices go to the pool from here, so pool threads never wait on the pool
         ensure(o, p)
-    for f in futures:
-        exc = f.exception()
-        if exc is not None:
-            raise exc if isinstance(exc, SetFailed) else SetFailed(f"{type(exc).__name__}: {exc}")
+    errors = [exc for exc in (f.exception() for f in futures) if exc is not None]  # all done: none still writing
+    if errors:
+        exc = errors[0]
+        raise exc if isinstance(exc, SetFailed) else SetFailed(f"{type(exc).__name__}: {exc}")
     root = safepaths.inside(folder, s.id)
     files = {s.rel(o): [o.size, o.crc32c] for o in s.objects}
     return files, _check_manifest(root, ignore_extra=False, known=set(files))
@@ -621,7 +623,7 @@ def _need_space(folder: Path, size: int) -> None:
 
 
 def _zip_set(folder: Path, s: ResultSet, staging: Path, transfers: Transfers, counter: _Counter,
-             entry: dict[str, Any]) -> tuple[dict[str, list], str | None]:
+             entry: dict[str, Any], unchanged: Callable[[], None]) -> tuple[dict[str, list], str | None]:
     """Download, verify and extract one zip set; the set's folder appears only complete and checked."""
     obj = s.objects[0]
     target = safepaths.inside(folder, s.id)
@@ -641,6 +643,7 @@ def _zip_set(folder: Path, s: ResultSet, staging: Path, transfers: Transfers, co
     files = _extract(part, tree, folder)
     part.unlink()
     model_state = _check_manifest(tree, ignore_extra=False)
+    unchanged()  # replaced meanwhile? then this copy is not the one to keep: defer before placing anything
     if target.exists():
         expected = [manifest.Expected(p, size, crc) for p, (size, crc) in files.items()]
         diffs = manifest.compare(target, expected, ignore=())

@@ -7,6 +7,7 @@ checks that `parent` holds nothing but `r`.
 
 from __future__ import annotations
 
+import sys
 import uuid
 import zipfile
 from pathlib import Path
@@ -184,6 +185,7 @@ def test_member_with_bad_crc_is_caught_before_anything_reaches_the_folder(bucket
     assert not (tmp_path / "parent" / "r" / "run-1").exists()  # not even the intact first member
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks need privileges on Windows")
 def test_symlinked_folder_inside_dir_cannot_be_used_to_escape(bucket, tmp_path):
     parent = tmp_path / "parent"
     outside = tmp_path / "outside"

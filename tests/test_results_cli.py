@@ -116,7 +116,11 @@ def test_terminal_prompt_asks_before_pulling(localcloud, bucket, tmp_path, answe
             seen += os.read(master, 4096)
     except OSError:
         pass
-    assert proc.wait(timeout=60) == code, seen
+    try:
+        assert proc.wait(timeout=60) == code, seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     os.close(master)
     assert names(bucket) == ([] if answer == "y" else ["run-1/frame.zip"])
     assert (tmp_path / "r" / "run-1" / "frame" / "a.out").exists() == (answer == "y")
@@ -160,9 +164,11 @@ def test_sigkill_mid_download_then_restart_finishes_with_nothing_deleted_early(l
         return len([s for s in sets.values() if s.get("status") == "downloading"]) == 2 and \
             (folder / T / "Node_Disp_0.out").exists()
 
-    assert _wait_for(downloading), (proc.poll(), proc.stderr.read() if proc.poll() is not None else "")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
+    try:
+        assert _wait_for(downloading), (proc.poll(), proc.stderr.read() if proc.poll() is not None else "")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
     # Killed mid-download: nothing deleted, no half file under a final name.
     assert names(bucket) == before
     assert not (folder / T / "Node_Disp_3.out").exists() and not (folder / "run-1").exists()
@@ -193,7 +199,13 @@ def test_two_concurrent_pulls_on_one_folder_never_download_a_set_twice(localclou
     env = _env(localcloud, bucket)
     faults("storage", "stall", 3, match="alt=media", seconds=1.5)  # hold the first downloads so the pulls overlap
     procs = [_popen(env, "--yes", "--json", "--settle", "0", "--dir", str(folder)) for _ in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
     reports = [json.loads(o[0]) for o in outs]
     cleaned_by = {}

@@ -321,3 +321,24 @@ def test_watch_survives_a_failing_poll(bucket, tmp_path, monkeypatch):
                             on_log=logs.append)
     assert any("poll failed: network down" in line for line in logs)
     assert [o.status for o in reports[-1].outcomes] == ["cleaned"]
+
+
+def test_zip_replaced_while_downloading_is_deferred_and_nothing_placed(bucket, tmp_path, monkeypatch):
+    put(bucket, "run-1/frame.zip", make_zip(recorder_files(2, "old")))
+    newer_files = recorder_files(2, "new")
+    real = results.Transfers.fetch_range
+    done = []
+
+    def replace_first(self, obj, dest, start, end, count):
+        if not done:
+            done.append(put(bucket, "run-1/frame.zip", make_zip(newer_files)))
+        return real(self, obj, dest, start, end, count)
+
+    monkeypatch.setattr(results.Transfers, "fetch_range", replace_first)
+    report = _pull(bucket, tmp_path / "r")
+    assert _status(report, "run-1/frame").status == "deferred"
+    assert not (tmp_path / "r" / "run-1" / "frame").exists()
+    assert names(bucket) == ["run-1/frame.zip"]
+    monkeypatch.setattr(results.Transfers, "fetch_range", real)
+    assert _status(_pull(bucket, tmp_path / "r"), "run-1/frame").status == "cleaned"
+    assert_same_files(tmp_path / "r" / "run-1" / "frame", newer_files)
