@@ -307,6 +307,11 @@ def wait_for_ssh(cfg: Config, name: str, timeout: float = 300.0, *, on_log: Line
             on_log(f"ssh to {name} ready after {waited:.0f} s")
             return waited
         last = " | ".join(x for x in lines[-3:] if x) or f"exit {code}"
+        if code != SSH_CONNECT_FAILED and not cfg.local:  # gcloud itself failed: is the VM still there?
+            from lib import compute
+
+            if compute.get_vm(cfg, name) is None:
+                raise OpsError(f"VM {name} is gone (deleted or preempted) while waiting for ssh: {last}")
         if clock() - started + interval > timeout:
             break
         sleep(interval)
