@@ -10,8 +10,6 @@ local cloud the same pipeline runs and the script's stand-in step installs the l
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from lib import clients, compute, images, ssh
 from lib.config import Config
 from lib.errors import OpsError
 from lib.guard import VMGuard
+from lib.stage import new_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "vm-scripts" / "build_opensees_full.sh"
@@ -35,10 +34,9 @@ def build_image(cfg: Config, *, on_log: Log = print, on_progress: Progress | Non
                 state: Any = None) -> dict[str, Any]:
     """Build the opensees-hpc image and return it as a dict (name, family, created, size, ...)."""
     cfg = clients.resolve(cfg)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    suffix = secrets.token_hex(2)
-    name = f"ops-hpc-build-{stamp}-{suffix}"
-    image_name = image_name or f"{cfg.image_family}-{stamp}-{suffix}"
+    stamp = new_run_id().removeprefix("run-")  # YYYYMMDD-HHMMSS-xxxx
+    name = f"ops-hpc-build-{stamp}"
+    image_name = image_name or f"{cfg.image_family}-{stamp}"
     line = on_line or (lambda text: on_log(f"  | {text}"))
 
     def step(i: int) -> None:

@@ -329,12 +329,12 @@ def to_dict(inst: Any) -> dict[str, Any]:
     }
 
 
-def _wait(op: Any, what: str) -> None:
-    """Wait for a zone operation; a failed one becomes a one-line OpsError."""
+def wait_operation(op: Any, what: str, *, timeout: float = OP_TIMEOUT_S) -> None:
+    """Wait for a zone or global operation; a failed one becomes a one-line OpsError."""
     from google.api_core import exceptions as gexc
 
     try:
-        op.result(timeout=OP_TIMEOUT_S)
+        op.result(timeout=timeout)
     except gexc.GoogleAPICallError as exc:
         raise OpsError(f"{what} failed: {getattr(exc, 'message', exc)}") from None
     if getattr(op, "error_code", None):
@@ -381,7 +381,7 @@ def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = print, state: Any = No
         request = c.InsertInstanceRequest(project=spec.project, zone=spec.zone, request_id=request_id,
                                           instance_resource=instance_resource(spec))
         op = retry.call(clients.instances(cfg).insert, request=request, retry=None)
-        _wait(op, f"creating VM {spec.name}")
+        wait_operation(op, f"creating VM {spec.name}")
     except Exception as exc:
         from google.api_core import exceptions as gexc
 
@@ -426,7 +426,7 @@ def delete_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = prin
     request = c.DeleteInstanceRequest(project=cfg.project, zone=cfg.zone, instance=name, request_id=str(uuid.uuid4()))
     try:
         op = retry.call(clients.instances(cfg).delete, request=request, retry=None)
-        _wait(op, f"deleting VM {name}")
+        wait_operation(op, f"deleting VM {name}")
     except Exception as exc:
         if not _not_found(exc):
             raise
@@ -448,7 +448,7 @@ def stop_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = print)
 
     request = c.StopInstanceRequest(project=cfg.project, zone=cfg.zone, instance=name, request_id=str(uuid.uuid4()))
     op = retry.call(clients.instances(cfg).stop, request=request, retry=None)
-    _wait(op, f"stopping VM {name}")
+    wait_operation(op, f"stopping VM {name}")
     on_log(f"stopped VM {name}")
 
 
@@ -473,7 +473,7 @@ def set_expected_end(cfg: Config, name: str, expected_end: float) -> None:
         # the fingerprint makes this idempotent: a lost response followed by a retry gets 412 and re-reads
         request = c.SetLabelsInstanceRequest(project=cfg.project, zone=cfg.zone, instance=name,
                                              instances_set_labels_request_resource=body, request_id=str(uuid.uuid4()))
-        _wait(client.set_labels(request=request, retry=None), f"labelling VM {name}")
+        wait_operation(client.set_labels(request=request, retry=None), f"labelling VM {name}")
 
     for _ in range(5):
         try:

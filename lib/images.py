@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from lib import clients, retry
+from lib import clients, compute, retry
 from lib.config import Config
 from lib.errors import OpsError
 
@@ -41,17 +41,6 @@ def to_dict(image: Any, cfg: Config | None = None) -> dict[str, Any]:
         "ours": labels.get("ops-hpc") == "true" or (cfg is not None and image.family == cfg.image_family),
         "self_link": image.self_link,
     }
-
-
-def _wait(op: Any, what: str) -> None:
-    from google.api_core import exceptions as gexc
-
-    try:
-        op.result(timeout=OP_TIMEOUT_S)
-    except gexc.GoogleAPICallError as exc:
-        raise OpsError(f"{what} failed: {getattr(exc, 'message', exc)}") from None
-    if getattr(op, "error_code", None):
-        raise OpsError(f"{what} failed: {op.error_message or op.error_code}")
 
 
 def _project(cfg: Config) -> str:
@@ -93,7 +82,7 @@ def create_from_disk(cfg: Config, source_disk: str, image_name: str, *, descript
     request_id = str(uuid.uuid4())  # one request however often the insert is retried
     request = c.InsertImageRequest(project=_project(cfg), image_resource=body, request_id=request_id)
     op = retry.call(clients.images(cfg).insert, request=request, retry=None)
-    _wait(op, f"creating image {image_name}")
+    compute.wait_operation(op, f"creating image {image_name}", timeout=OP_TIMEOUT_S)
     image = get_image(cfg, image_name)
     if image is None:
         raise OpsError(f"image {image_name} was created but cannot be read back")
@@ -119,7 +108,7 @@ def _deprecate(cfg: Config, name: str, state: str) -> None:
     request = c.DeprecateImageRequest(project=_project(cfg), image=name, deprecation_status_resource=status,
                                       request_id=str(uuid.uuid4()))
     op = retry.call(clients.images(cfg).deprecate, request=request, retry=None)
-    _wait(op, f"setting image {name} to {state}")
+    compute.wait_operation(op, f"setting image {name} to {state}", timeout=OP_TIMEOUT_S)
 
 
 def archive(cfg: Config, name: str, *, on_log: Log = print) -> dict[str, Any]:
@@ -150,6 +139,6 @@ def delete(cfg: Config, name: str, *, on_log: Log = print,
     cfg = clients.resolve(cfg)
     request = c.DeleteImageRequest(project=_project(cfg), image=name, request_id=str(uuid.uuid4()))
     op = retry.call(clients.images(cfg).delete, request=request, retry=None)
-    _wait(op, f"deleting image {name}")
+    compute.wait_operation(op, f"deleting image {name}", timeout=OP_TIMEOUT_S)
     on_log(f"deleted image {name}")
     return True

@@ -13,7 +13,6 @@ format (lib/batches.py). Deadlines are extended with `make extend MINUTES=N` fro
 
 from __future__ import annotations
 
-import secrets
 import shlex
 import threading
 import time
@@ -28,6 +27,7 @@ from lib.config import Config
 from lib.deadline import CHECK_S, Channel, Deadline, Watchdog
 from lib.errors import OpsError
 from lib.guard import VMGuard
+from lib.stage import new_run_id
 from lib.state import SessionState
 
 PID_DIR = "/tmp/ops-hpc/jobs"
@@ -100,10 +100,8 @@ def run_jobs(
     """
     batch = parse_batch(jobs_file)
     cfg = clients.resolve(cfg)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    suffix = secrets.token_hex(2)
-    run_id = f"run-{stamp}-{suffix}"
-    name = name or f"ops-hpc-run-{stamp}-{suffix}"
+    run_id = new_run_id()
+    name = name or f"ops-hpc-{run_id}"
     state = state or SessionState(cfg)
     log_dir = Path(log_dir) if log_dir else cfg.state_path / "logs" / run_id
     log_dir.mkdir(parents=True, exist_ok=True)
