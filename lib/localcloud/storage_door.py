@@ -218,13 +218,15 @@ class _DoorHandler(BaseHTTPRequestHandler):
     def _precondition_problem(self, target: tuple[str, str], query: dict[str, list[str]]) -> str | None:
         """GCS's semantics: generation 0 means 'does not exist'."""
         bucket, name = target
-        conn = http.client.HTTPConnection(*self.door.upstream, timeout=60)
+        conn = self._upstream()
         try:
-            conn.request("GET", f"/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}")
+            conn.request("GET", f"/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}?fields=generation")
             resp = conn.getresponse()
             raw = resp.read()
-        finally:
+        except (OSError, http.client.HTTPException):
+            self._conn = None
             conn.close()
+            raise
         current = int(json.loads(raw)["generation"]) if resp.status == 200 else 0
         match = query.get("ifGenerationMatch", [None])[0]
         not_match = query.get("ifGenerationNotMatch", [None])[0]
