@@ -430,3 +430,26 @@ def test_restart_adopts_a_vm_that_outlived_a_crashed_daemon(tmp_path: Path) -> N
         (second or first).shutdown()
         first.shutdown()
     assert not vm_procs(root)
+
+
+def test_a_process_that_outlives_its_deleted_vm_is_reaped(tmp_path):
+    """A command started with a VM's environment just after the VM was deleted must not run on."""
+    import subprocess as sp
+
+    from lib.localcloud import vms
+
+    disks = tmp_path / "disks"
+    disk = disks / "p" / "z" / "gone"
+    disk.mkdir(parents=True)
+    env = vms.vm_environment(disk, "127.0.0.1:1", "12345", {})
+    stray = sp.Popen(["sleep", "60"], env=env)
+    other = sp.Popen(["sleep", "60"], env=vms.vm_environment(tmp_path / "elsewhere", "127.0.0.1:1", "999", {}))
+    try:
+        assert vms.reap_strays(disks, live_ids={"12345"}) == []  # its VM still exists: left alone
+        assert vms.reap_strays(disks, live_ids=set()) == [stray.pid]  # VM gone: killed
+        assert stray.wait(5) != 0
+        assert other.poll() is None  # another cloud's VM (other disks folder) is never touched
+    finally:
+        for p in (stray, other):
+            p.kill()
+            p.wait()

@@ -43,26 +43,36 @@ def gcs_binary() -> Path:
     return Path(_get_binary_path())
 
 
-def start_gcs(root: Path, backend: str, external_url: str, log) -> tuple[subprocess.Popen, int]:
-    """fake-gcs-server on an ephemeral port; returns once it answers."""
-    port = _free_port()
-    cmd = [str(gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-           "-backend", backend, "-external-url", external_url, "-log-level", "error"]
+def start_gcs(root: Path, backend: str, external_url: str, log, attempts: int = 3) -> tuple[subprocess.Popen, int]:
+    """fake-gcs-server on an ephemeral port; returns once it answers.
+
+    The port is picked before the binary binds it, so another process can take it meanwhile: then the
+    server exits at once and another port is tried.
+    """
     if backend == "filesystem":
         root.mkdir(parents=True, exist_ok=True)
-        cmd += ["-filesystem-root", str(root)]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"fake-gcs-server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, port
-        except OSError:
+    for _ in range(attempts):
+        port = _free_port()
+        cmd = [str(gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+               "-backend", backend, "-external-url", external_url, "-log-level", "error"]
+        if backend == "filesystem":
+            cmd += ["-filesystem-root", str(root)]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    pass
+            except OSError:
+                time.sleep(0.05)
+                continue
             time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("fake-gcs-server did not start within 20 s")
+            if proc.poll() is None:  # it is ours that answered, not a squatter
+                return proc, port
+        if proc.poll() is None:
+            proc.kill()
+            raise RuntimeError("fake-gcs-server did not start within 20 s")
+    raise RuntimeError(f"fake-gcs-server exited with {proc.returncode} on {attempts} ports")
 
 
 class AdminRouter:
@@ -99,16 +109,20 @@ def serve(state_dir: Path, *, storage_backend: str = "filesystem", time_scale: f
     log = open(root / "daemon.log", "ab", buffering=0)  # noqa: SIM115 - lives as long as the daemon
     faults = FaultRegistry()
 
-    door_port = _free_port()
-    door_url = f"http://127.0.0.1:{door_port}"
-    gcs, gcs_port = start_gcs(root / "storage", storage_backend, door_url, log)
-    door = StorageDoor(("127.0.0.1", gcs_port), faults=faults,
-                       gate_names=storage_backend == "filesystem", port=door_port).start()
-
-    emulator = ComputeEmulator(root / "compute", faults=faults, time_scale=time_scale)
-    compute = AppServer(AdminRouter(emulator, faults))
-    compute.start()
-    grpc_server, mon_port = serve_monitoring(emulator.model, faults)
+    # The door binds its port first: fake-gcs-server must know it (-external-url) before it starts,
+    # and choosing two "free" ports before binding either can yield the same port twice.
+    door = StorageDoor(("127.0.0.1", 0), faults=faults, gate_names=storage_backend == "filesystem")
+    gcs, gcs_port = start_gcs(root / "storage", storage_backend, door.url, log)
+    try:
+        door.upstream = ("127.0.0.1", gcs_port)
+        door.start()
+        emulator = ComputeEmulator(root / "compute", faults=faults, time_scale=time_scale)
+        compute = AppServer(AdminRouter(emulator, faults))
+        compute.start()
+        grpc_server, mon_port = serve_monitoring(emulator.model, faults)
+    except BaseException:
+        gcs.kill()  # never orphan the storage server when start-up fails
+        raise
 
     endpoints = {
         "storage": door.url,

@@ -120,6 +120,30 @@ def vm_members(pid: int | None, create_time: float | None, vm_id: str, deep: boo
     return [p for p in found.values() if _alive(p)]
 
 
+def reap_strays(disks_root: Path, live_ids: set[str]) -> list[int]:
+    """Kill processes of this cloud's VMs that no longer exist: the promise that a deleted VM runs nothing.
+
+    A process can slip past a VM's deletion by starting just after it (an ssh command racing a delete).
+    Only processes whose OPS_HPC_VM_ROOT lies under `disks_root` are considered, so two local clouds on
+    one machine never touch each other's VMs.
+    """
+    prefix = str(disks_root) + os.sep
+    killed = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        vm_id = env.get(VM_MARKER)
+        if vm_id and vm_id not in live_ids and env.get("OPS_HPC_VM_ROOT", "").startswith(prefix):
+            try:
+                proc.kill()
+                killed.append(proc.pid)
+            except psutil.Error:
+                pass
+    return killed
+
+
 def _alive(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE

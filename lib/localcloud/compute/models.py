@@ -62,6 +62,7 @@ LABEL_VALUE_RX = re.compile(r"[a-z0-9_-]{0,63}")
 USAGE_KEEP_SECONDS = 40 * 86400
 MAX_OPERATIONS = 2000
 STOP_GRACE = 3.0
+REAP_S = 5.0  # how often processes of deleted VMs are looked for (vms.reap_strays)
 ACTIVE = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING", "REPAIRING")
 
 # family -> (MB of memory per vCPU by shape, allowed vCPU counts, family quota metric or None)
@@ -1155,12 +1156,14 @@ class ComputeModel:
 
     def _schedule_loop(self) -> None:
         """Enforce maxRunDuration (deadline = lastStart + seconds / time_scale) and keep a heartbeat."""
-        last_beat = 0.0
+        last_beat = last_reap = 0.0
         while True:
             with self.lock:
                 if self._stopping:
                     return
                 t = time.time()
+                live = {i["id"] for k, i in self.instances.items()
+                        if i["status"] in ACTIVE and not self.local.get(k, {}).get("ending")}
                 due = [key for deadline, key in self._deadlines() if deadline <= t]
                 for key in due:
                     self.local[key]["expiring"] = True
@@ -1168,6 +1171,9 @@ class ComputeModel:
                 if t - last_beat > 30 and any(i["status"] == "RUNNING" for i in self.instances.values()):
                     self.heartbeat, last_beat = t, t
                     self._save()
+            if t - last_reap > REAP_S:
+                last_reap = t
+                vms.reap_strays(self.root / "disks", live)
             for key in due:
                 inst = self.instances.get(key)
                 if inst is None:
@@ -1262,7 +1268,7 @@ class ComputeModel:
                 jobs.append((local.get("pid"), local.get("create_time"), inst["id"]))
             runtimes, self._runtime = self._runtime, {}
             self.heartbeat = time.time()
-        threads = [threading.Thread(target=vms.end_tree, args=job, daemon=True) for job in jobs if job[0]]
+        threads = [threading.Thread(target=vms.end_tree, args=job, daemon=True) for job in jobs]
         for th in threads:
             th.start()
         for th in threads:
