@@ -40,7 +40,7 @@ lint: venv  ## ruff check
 	$(BIN)/ruff check .
 
 test: lint  ## lint, then the whole test suite on the local cloud
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2   # two workers, each with its own local cloud
 
 demo: venv  ## the whole run-staged pipeline on the local cloud with real OpenSees
 	$(INVOKE) demo

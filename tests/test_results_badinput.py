@@ -8,7 +8,6 @@ checks that `parent` holds nothing but `r`.
 from __future__ import annotations
 
 import sys
-import uuid
 import zipfile
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from lib.downloads import Tracker
 from tests.test_results_support import assert_nothing_escaped, make_zip, names, put, recorder_files
 
 T = "T_20260101-000000"
-ESCAPE = f"ops-hpc-escape-{uuid.uuid4().hex[:8]}"  # an absolute path that must never appear
+ESCAPE = "ops-hpc-escape-canary-7f3a"  # an absolute path that must never appear (fixed: xdist workers must collect the same ids)
 
 
 @pytest.fixture
