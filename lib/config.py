@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ def _default_state_dir() -> str:
     return user_state_dir("ops-hpc", appauthor=False)
 
 
-def _check(pattern: str, what: str):
+def _check(pattern: str, what: str) -> Callable[[str], str | None]:
     rx = re.compile(pattern)
 
     def check(value: str) -> str | None:
@@ -76,7 +76,7 @@ _ENDPOINT = _check(r"(https?://[^\s/]+(/\S*)?)?", "expected an http(s):// URL or
 _NAME = _check(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", "expected a lowercase resource name")
 
 
-def _opt(check, default: Any = "", doc: str = ""):
+def _opt(check: Callable[[str], str | None] | None, default: Any = "", doc: str = "") -> Any:
     return field(default=default, metadata={"check": check, "doc": doc})
 
 

@@ -18,7 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 from werkzeug import Request, Response
@@ -43,7 +45,7 @@ def gcs_binary() -> Path:
     return Path(_get_binary_path())
 
 
-def start_gcs(root: Path, backend: str, external_url: str, log, attempts: int = 3) -> tuple[subprocess.Popen, int]:
+def start_gcs(root: Path, backend: str, external_url: str, log: BinaryIO, attempts: int = 3) -> tuple[subprocess.Popen, int]:
     """fake-gcs-server on an ephemeral port; returns once it answers.
 
     The port is picked before the binary binds it, so another process can take it meanwhile: then the
@@ -78,7 +80,7 @@ def start_gcs(root: Path, backend: str, external_url: str, log, attempts: int = 
 class AdminRouter:
     """/_localcloud/faults here; everything else goes to the Compute emulator."""
 
-    def __init__(self, emulator, faults: FaultRegistry) -> None:
+    def __init__(self, emulator: Callable[[Request], Response], faults: FaultRegistry) -> None:
         self.emulator = emulator
         self.faults = faults
 
@@ -145,7 +147,7 @@ def serve(state_dir: Path, *, storage_backend: str = "filesystem", time_scale: f
 
     stop = threading.Event()
 
-    def on_signal(signum, frame):
+    def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGBREAK", None)):

@@ -26,7 +26,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from lib.localcloud.faults import FaultRegistry
+from lib.localcloud.faults import Fault, FaultRegistry
 from lib.localcloud.http import REASONS
 
 CHUNK = 1 << 20
@@ -236,7 +236,7 @@ class _DoorHandler(BaseHTTPRequestHandler):
             return "At least one of the pre-conditions you specified did not hold."
         return None
 
-    def _forward(self, body: bytes | None, length: int, fault) -> None:
+    def _forward(self, body: bytes | None, length: int, fault: Fault | None) -> None:
         door = self.door
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
         headers["Host"] = f"{door.upstream[0]}:{door.upstream[1]}"
