@@ -372,3 +372,14 @@ def test_generation_preconditions_hold_on_the_local_cloud(bucket):
         blob.upload_from_string(b"v2", if_generation_match=current.generation + 7, retry=None)
     blob.upload_from_string(b"v2", if_generation_match=current.generation, retry=None)
     assert storage.download_bytes(bucket, "p.txt") == b"v2"
+
+
+def test_a_stalled_call_times_out_and_is_retried(bucket, faults, no_retry_sleep):
+    """A stall (server holds the answer) is a client timeout, which the policy treats as transient."""
+    storage.upload_bytes(bucket, "s.txt", b"late")
+    faults("storage", "stall", count=1, match=r"GET /storage/v1/b/[^/]+/o/s\.txt", seconds=3)
+    started = time.monotonic()
+    blob = retry.call(storage.bucket(bucket).get_blob, "s.txt", retry=None, timeout=0.5)
+    assert blob.size == 4
+    assert len(no_retry_sleep) == 1  # one timeout, one retry
+    assert time.monotonic() - started < 3  # the retry did not wait for the stalled answer
