@@ -101,8 +101,13 @@ def local_files(folder: Path) -> list[str]:
     return sorted(out)
 
 
-def compare(folder: Path, files: list[Expected], *, ignore: tuple[str, ...] = (NAME,)) -> list[Difference]:
-    """Missing, extra and differing files of `folder` against `files` (content checked by CRC32C or MD5)."""
+def compare(folder: Path, files: list[Expected], *, ignore: tuple[str, ...] = (NAME,),
+            computed: dict[str, list] | None = None) -> list[Difference]:
+    """Missing, extra and differing files of `folder` against `files` (content checked by CRC32C or MD5).
+
+    `computed` ({path: [size, crc32c]}) holds checksums taken while the files were written, so a folder
+    just extracted is not read a second time.
+    """
     from lib import storage
 
     folder = Path(folder)
@@ -119,7 +124,7 @@ def compare(folder: Path, files: list[Expected], *, ignore: tuple[str, ...] = (N
         if size != exp.size:
             diffs.append(Difference(path, "differs", f"size {size}, expected {exp.size}"))
         elif exp.crc32c:
-            crc = storage.crc32c_file(local)
+            crc = computed[path][1] if computed and path in computed else storage.crc32c_file(local)
             if crc != exp.crc32c:
                 diffs.append(Difference(path, "differs", f"crc32c {crc}, expected {exp.crc32c}"))
         elif exp.md5:

@@ -10,7 +10,7 @@ can never overwrite or delete something newer.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +128,52 @@ def delete_blob(cfg: Config, name: str, generation: int | None) -> bool:
         return False
 
 
+BATCH_MAX = 100  # calls per GCS JSON batch request (GCS's limit)
+
+
+def delete_many(cfg: Config, objects: Sequence[tuple[str, int | None]]) -> dict[str, str]:
+    """Delete (name, generation) pairs, 100 per batch request instead of one request per object.
+
+    Each delete carries its generation precondition. Returns name -> 'deleted', 'kept' (412: replaced
+    meanwhile, left in place) or 'gone' (404: already deleted, e.g. by an earlier attempt of this batch).
+    Items answered 429/5xx are retried through the policy; any other error is raised once the batch is read.
+    """
+    from google.cloud import exceptions as gexc
+
+    gcs = client(cfg)
+    bkt = gcs.bucket(cfg.bucket_name)
+    outcome: dict[str, str] = {}
+
+    def one_batch(chunk: list[tuple[str, int | None]]) -> None:
+        batch = gcs.batch(raise_exception=False)
+        with batch:
+            for name, generation in chunk:
+                bkt.blob(name).delete(if_generation_match=generation, retry=None)
+        # finish() (run by the context manager) keeps the per-item answers here, in request order
+        again, failure = [], None
+        for (name, generation), answer in zip(chunk, batch._responses, strict=True):
+            status = answer.status_code
+            if status in retry.RETRYABLE_HTTP_CODES:
+                again.append((name, generation))
+            elif status < 300 or status in (404, 412):
+                outcome[name] = "deleted" if status < 300 else "gone" if status == 404 else "kept"
+            else:
+                failure = failure or gexc.from_http_response(answer)
+        if failure is not None:
+            raise failure
+        if again:
+            chunk[:] = again  # the retry resends only what is left
+            raise gexc.ServiceUnavailable(f"{len(again)} delete(s) in a batch answered a transient error")
+
+    for start in range(0, len(objects), BATCH_MAX):
+        retry.call(one_batch, list(objects[start : start + BATCH_MAX]))
+    return outcome
+
+
 def delete_prefix(cfg: Config, prefix: str) -> int:
     """Delete every object under `prefix` (cleanup); returns how many."""
-    return sum(delete_blob(cfg, b.name, b.generation) for b in list_blobs(cfg, prefix))
+    done = delete_many(cfg, [(b.name, b.generation) for b in list_blobs(cfg, prefix)])
+    return sum(1 for state in done.values() if state == "deleted")
 
 
 def bucket_names(blobs: Iterable[Any]) -> list[str]:

@@ -399,3 +399,19 @@ def test_a_stalled_call_times_out_and_is_retried(bucket, faults, no_retry_sleep)
     assert blob.size == 4
     assert len(no_retry_sleep) == 1  # one timeout, one retry
     assert time.monotonic() - started < 3  # the retry did not wait for the stalled answer
+
+
+def test_batch_deletes_honour_each_generation(bucket, faults, no_retry_sleep):
+    """GCS's batch endpoint (emulated by the door): 100 deletes per request, each with its own precondition."""
+    for i in range(150):
+        storage.upload_bytes(bucket, f"many/{i:03d}.out", b"x")
+    blobs = storage.list_blobs(bucket)
+    pairs = [(b.name, b.generation + (1 if b.name == "many/007.out" else 0)) for b in blobs]
+    pairs.append(("many/never-existed.out", 1))
+    faults("storage", "http:503", count=1, match="POST /batch/storage/v1")  # the whole batch request fails once
+    outcome = storage.delete_many(bucket, pairs)
+    assert outcome["many/007.out"] == "kept"  # wrong generation: left in place
+    assert outcome["many/never-existed.out"] == "gone"
+    assert sum(state == "deleted" for state in outcome.values()) == 149
+    assert [b.name for b in storage.list_blobs(bucket)] == ["many/007.out"]
+    assert len(no_retry_sleep) == 1

@@ -222,11 +222,16 @@ def test_every_delete_carries_the_verified_generation(bucket, tmp_path, monkeypa
     for rel in ("a.out", "b/c.out"):
         gens[f"{TREE}/{rel}"] = put(bucket, f"{TREE}/{rel}", rel.encode())
     deletes = {}
-    real = storage.delete_blob
-    monkeypatch.setattr(storage, "delete_blob",
-                        lambda cfg, name, generation: deletes.setdefault(name, generation) and real(cfg, name, generation))
+    real = storage.delete_many
+
+    def recording(cfg, pairs):
+        deletes.update(pairs)
+        return real(cfg, pairs)
+
+    monkeypatch.setattr(storage, "delete_many", recording)
     assert _pull(bucket, tmp_path / "r").ok
     assert deletes == gens and all(isinstance(g, int) and g > 0 for g in deletes.values())
+    assert storage.list_blobs(bucket) == []
 
 
 def test_zip_replaced_between_listing_and_delete_is_not_deleted(bucket, tmp_path, monkeypatch):

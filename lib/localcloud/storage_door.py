@@ -11,14 +11,20 @@ Three reasons it exists:
   them (never delete an object re-uploaded meanwhile), so the door enforces
   `ifGenerationMatch` / `ifGenerationNotMatch` on object writes and deletes, as GCS
   does, holding a per-object lock across check and write.
+- fake-gcs-server has no JSON batch endpoint (`POST /batch/storage/v1`), which
+  GCS has and pull uses to delete a verified set in a few requests instead of one
+  per file. The door runs each part of a batch as its own request, with the
+  same name gate and preconditions, and answers in GCS's multipart/mixed form.
 - It is where storage faults are injected: HTTP errors, connection resets,
   stalls, and same-size corruption of downloaded bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import secrets
 import socket
 import struct
 import threading
@@ -194,29 +200,100 @@ class _DoorHandler(BaseHTTPRequestHandler):
                 return
             if fault.kind == "stall":
                 time.sleep(fault.seconds)
-        if door.gate_names:
-            head = body if body is not None else b""
-            bad = [n for n in names_in_request(self.command, self.path, head[:65536]) if unsafe_name(n)]
-            if bad:
-                self._send_json(400, f"the local cloud refuses object name {bad[0]!r}: its filesystem store "
-                                     "cannot hold '..' segments safely (use the memory backend to rehearse such names)")
-                return
-        query = parse_qs(urlsplit(self.path).query)
-        target = None
-        if "ifGenerationMatch" in query or "ifGenerationNotMatch" in query:
-            target = object_target(self.command, self.path, (body or b"")[:65536])
+        if self.command == "POST" and urlsplit(self.path).path == "/batch/storage/v1" and body is not None:
+            self._batch(body)
+            return
+        refused = self._refused_name(self.command, self.path, body)
+        if refused:
+            self._send_json(400, refused)
+            return
+        target = self._precondition_target(self.command, self.path, body)
         if target is None:
             self._forward(body, length, fault)
             return
         with door.object_lock(target):
-            problem = self._precondition_problem(target, query)
+            problem = self._precondition_problem(self.command, target, parse_qs(urlsplit(self.path).query))
             if problem:
                 self._send_json(412, problem)
                 return
             self._forward(body, length, fault)
 
-    def _precondition_problem(self, target: tuple[str, str], query: dict[str, list[str]]) -> str | None:
-        """GCS's semantics: generation 0 means 'does not exist'."""
+    def _refused_name(self, method: str, path: str, body: bytes | None) -> str | None:
+        if not self.door.gate_names:
+            return None
+        bad = [n for n in names_in_request(method, path, (body or b"")[:65536]) if unsafe_name(n)]
+        if not bad:
+            return None
+        return (f"the local cloud refuses object name {bad[0]!r}: its filesystem store cannot hold '..' "
+                "segments safely (use the memory backend to rehearse such names)")
+
+    @staticmethod
+    def _precondition_target(method: str, path: str, body: bytes | None) -> tuple[str, str] | None:
+        query = parse_qs(urlsplit(path).query)
+        if "ifGenerationMatch" in query or "ifGenerationNotMatch" in query:
+            return object_target(method, path, (body or b"")[:65536])
+        return None
+
+    def _batch(self, body: bytes) -> None:
+        """Run each part of a GCS JSON batch as its own request; answer multipart/mixed like GCS."""
+        import email.parser
+        import email.policy
+
+        ctype = self.headers.get("Content-Type", "")
+        msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
+            f"Content-Type: {ctype}\r\n\r\n".encode() + body)
+        if not msg.is_multipart():
+            self._send_json(400, "batch request is not multipart/mixed")
+            return
+        boundary = f"batch_{secrets.token_hex(8)}"
+        out = []
+        for index, part in enumerate(msg.get_payload()):
+            raw = part.get_payload().replace("\r\n", "\n")
+            head, _, sub_body = raw.partition("\n\n")
+            request_line, *header_lines = head.split("\n")
+            method, uri, _version = request_line.split(" ", 2)
+            target = urlsplit(uri)
+            path = target.path + (f"?{target.query}" if target.query else "")
+            headers = dict(line.split(": ", 1) for line in header_lines if ": " in line)
+            status, reason, payload = self._sub_request(method, path, headers, sub_body.encode())
+            content_id = (part.get("Content-ID") or f"<item{index}>").strip("<>")
+            out.append(f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <response-{content_id}>\r\n\r\n"
+                       f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=UTF-8\r\n"
+                       f"Content-Length: {len(payload)}\r\n\r\n{payload}\r\n")
+        data = ("".join(out) + f"--{boundary}--\r\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", f"multipart/mixed; boundary={boundary}")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _sub_request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, str]:
+        """One part of a batch, with the same gate and preconditions as a lone request; buffered."""
+        refused = self._refused_name(method, path, body)
+        if refused:
+            return 400, "Bad Request", json.dumps({"error": {"code": 400, "message": refused}})
+        target = self._precondition_target(method, path, body)
+        lock = self.door.object_lock(target) if target else contextlib.nullcontext()
+        with lock:
+            if target:
+                problem = self._precondition_problem(method, target, parse_qs(urlsplit(path).query))
+                if problem:
+                    return 412, "Precondition Failed", json.dumps({"error": {"code": 412, "message": problem}})
+            keep = {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
+            keep["Content-Length"] = str(len(body))
+            conn = self._upstream()
+            try:
+                conn.request(method, path, body=body or None, headers=keep)
+                resp = conn.getresponse()
+                payload = resp.read()
+            except (OSError, http.client.HTTPException):
+                self._conn = None
+                conn.close()
+                return 503, "Service Unavailable", json.dumps({"error": {"code": 503, "message": "backend unavailable"}})
+        return resp.status, resp.reason, payload.decode("utf-8", "replace")
+
+    def _precondition_problem(self, method: str, target: tuple[str, str], query: dict[str, list[str]]) -> str | None:
+        """GCS's semantics: generation 0 means 'does not exist'; deleting or patching a missing object is a 404."""
         bucket, name = target
         conn = self._upstream()
         try:
@@ -228,6 +305,8 @@ class _DoorHandler(BaseHTTPRequestHandler):
             conn.close()
             raise
         current = int(json.loads(raw)["generation"]) if resp.status == 200 else 0
+        if current == 0 and method in ("DELETE", "PATCH", "PUT"):
+            return None  # fake-gcs-server answers the 404 itself
         match = query.get("ifGenerationMatch", [None])[0]
         not_match = query.get("ifGenerationNotMatch", [None])[0]
         if match is not None and int(match) != current:
