@@ -18,6 +18,12 @@ def test_example_batch_parses():
     assert all(m.main == "main.tcl" and m.cores == 1 and m.timeout_min == 5 for m in batch.models)
 
 
+def test_default_jobs_file_of_make_run_parses():
+    batch = parse_batch("batches/jobs.txt")
+    assert [m.name for m in batch.models] == ["frame_pushover", "truss_transient"]
+    assert batch.timeouts_min == [10, 10]
+
+
 def test_every_bad_line_is_reported_with_file_and_line(tmp_path):
     base = tmp_path / "b"
     _model(base / "good")
