@@ -231,6 +231,12 @@ class Report:
         return data
 
 
+def _sealed(s: ResultSet) -> bool:
+    """A tree whose MANIFEST.json was written after every other object (push.sh writes it last) is complete."""
+    seal = next((o for o in s.objects if s.rel(o) == manifest.NAME), None)
+    return seal is not None and all(o.updated <= seal.updated for o in s.objects)
+
+
 def make_plan(listing: Listing, tracker: Tracker, *, settle: float = SETTLE_S, now: float | None = None) -> Plan:
     """Split the listing into sets to pull, sets still uploading (deferred), and sets refused outright."""
     now = time.time() if now is None else now
@@ -238,7 +244,7 @@ def make_plan(listing: Listing, tracker: Tracker, *, settle: float = SETTLE_S, n
     for s in listing.sets:
         if s.problem:
             refused.append((s, s.problem))
-        elif s.kind == "tree" and now - s.newest < settle:
+        elif s.kind == "tree" and now - s.newest < settle and not _sealed(s):
             deferred.append((s, f"still uploading? newest object is {max(0, now - s.newest):.0f} s old "
                                 f"(waiting until {settle:.0f} s)"))
         else:

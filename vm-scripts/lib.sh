@@ -24,6 +24,7 @@
 #   ops_gcs_put_text OBJECT TEXT                -> small text object (status files)
 #   ops_gcs_download OBJECT FILE                -> download (exit 1 if absent)
 #   ops_gcs_list PREFIX                         -> object names under PREFIX, one per line
+#   ops_gcs_seal PREFIX                         -> PREFIX/MANIFEST.json of what is there, uploaded last
 #   ops_crc32c FILE                 -> base64 CRC32C as GCS reports it
 #   ops_pyhelp COMMAND ARGS...      -> python3 helpers: crc32c, snapshot, result (see below)
 #   ops_self_delete                 -> ask Compute Engine to delete this VM (falls back to poweroff on GCE)
@@ -162,12 +163,40 @@ ops_gcs_list() {
   rm -f "$tmp"
 }
 
+ops_gcs_seal() {
+  # ops_gcs_seal PREFIX : write PREFIX/MANIFEST.json listing every object under PREFIX/ (path, size,
+  # crc32c, as GCS reports them) and upload it last. bin/pull takes a tree with a manifest newer than
+  # all its objects as complete: it need not wait for the tree to settle.
+  local prefix="${1%/}" token page="" tmp out code rc
+  local pages=()
+  token=$(ops_token) || return 1
+  while :; do
+    tmp=$(mktemp)
+    pages+=("$tmp")
+    code=$(ops_curl "$tmp" -H "Authorization: Bearer ${token}" \
+      "${OPS_STORAGE_API}/storage/v1/b/${OPS_BUCKET}/o?prefix=$(ops_urlencode "$prefix/")&fields=items(name,size,crc32c),nextPageToken${page:+&pageToken=$(ops_urlencode "$page")}")
+    if [ "$code" != "200" ]; then
+      ops_log "listing gs://${OPS_BUCKET}/${prefix}/ failed: HTTP ${code}"
+      rm -f "${pages[@]}"
+      return 1
+    fi
+    page=$(ops_json_field nextPageToken < "$tmp")
+    [ -n "$page" ] || break
+  done
+  out=$(mktemp)
+  ops_pyhelp seal "$prefix/" "$out" "${pages[@]}" && ops_gcs_upload "$out" "$prefix/MANIFEST.json" application/json > /dev/null
+  rc=$?
+  rm -f "${pages[@]}" "$out"
+  return $rc
+}
+
 ops_crc32c() { ops_pyhelp crc32c "$1"; }
 
 # ops_pyhelp COMMAND ARGS... : the python3 helpers (Python 3.6+, standard library only; google_crc32c
 # is used when importable, else a pure-python CRC32C gives the same base64 value GCS reports).
 #   crc32c FILE                      base64 CRC32C of FILE
 #   snapshot DIR OUT                 record DIR's files (path, size, mtime) into OUT: the inputs
+#   seal PREFIX OUT PAGE...          MANIFEST.json (format 1, kind push) of the objects in listing PAGEs
 #   result DIR SNAPSHOT ZIP K=V...   zip every file of DIR that is not an unchanged input, plus a
 #                                    MANIFEST.json at the root ({"format": 1, K: V..., "files": [...]})
 ops_pyhelp() { ops_python -c "$OPS_PY_HELPERS" "$@"; }
@@ -235,6 +264,17 @@ elif cmd == "result":
         zf.writestr("MANIFEST.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     os.replace(dest + ".part", dest)
     print(len(listed), sum(e["size"] for e in listed))
+elif cmd == "seal":
+    prefix, dest, listed = args[0], args[1], []
+    for page in args[2:]:
+        with open(page) as fh:
+            for item in json.load(fh).get("items", []):
+                path = item["name"][len(prefix):]
+                if path and path != "MANIFEST.json":
+                    listed.append({"path": path, "size": int(item["size"]), "crc32c": item.get("crc32c", "")})
+    with open(dest, "w") as fh:
+        json.dump({"format": 1, "kind": "push", "files": sorted(listed, key=lambda e: e["path"])}, fh,
+                  indent=2, sort_keys=True)
 else:
     sys.exit("unknown helper command " + cmd)
 PY

@@ -9,7 +9,8 @@
 # FOLDERs are names under --root (default /tmp/ops-hpc-analysis); none = every folder there. The bucket
 # defaults to the instance attribute ops-hpc-bucket. Uploads go over the VM's internal network:
 # `gcloud storage rsync` when gcloud is installed (--with auto), else curl through lib.sh with each
-# object's CRC32C checked against the file. Prints one machine-readable line per folder:
+# object's CRC32C checked against the file. A MANIFEST.json listing what arrived (ops_gcs_seal) is
+# uploaded last, which tells bin/pull the tree is complete. Prints one machine-readable line per folder:
 #   PUSHED folder=F prefix=F_STAMP/ files=N bytes=M      or      FAILED folder=F reason=...
 # Exit status: 0 all pushed, 1 something failed (the rest is still pushed), 2 bad arguments.
 set -uo pipefail
@@ -85,6 +86,9 @@ for folder in "${FOLDERS[@]}"; do
     push_curl "$dir" "$prefix"
   fi
   rc=$?
+  if [ $rc -eq 0 ] && ! ops_gcs_seal "$prefix"; then
+    rc=90  # the files are there but unsealed: bin/pull still takes them once the tree has settled
+  fi
   if [ $rc -eq 0 ]; then
     echo "PUSHED folder=$folder prefix=$prefix/ files=$files bytes=$bytes"
   else
