@@ -111,6 +111,8 @@ class SessionState:
                 "jobs": old.get("jobs", {}),
                 **owner,
             }
+            if "guarded" in old:
+                data["vms"][name]["guarded"] = old["guarded"]
             if machine_type:
                 history = data.setdefault("history", {})
                 history[name] = {"machine_type": machine_type, "spot": bool(spot), "kind": kind, "run_id": run_id,
@@ -122,7 +124,14 @@ class SessionState:
     def set_guarded(self, name: str, guarded: bool) -> None:
         """A VMGuard in this process now answers for the VM: if this process dies uncleanly, reconcile deletes it."""
         with self._edit() as data:
-            entry = data.setdefault("vms", {}).get(name)
+            vms = data.setdefault("vms", {})
+            entry = vms.get(name)
+            if entry is None and guarded:
+                # A guard entered before the VM is created (it covers the creation itself): hold its place,
+                # register_vm fills in the rest and keeps the mark.
+                entry = vms[name] = {"project": self.cfg.project, "zone": self.cfg.zone, "run_id": "", "kind": "",
+                                     "expected_end": 0, "max_run_end": 0, "registered": int(time.time()),
+                                     "phase": "creating", "jobs": {}}
             if entry is not None:
                 entry["guarded"] = bool(guarded)
                 if guarded:

@@ -164,3 +164,21 @@ def test_reconcile_resets_interrupted_downloads(vms, tmp_path):
     empty = tmp_path / "never-pulled"
     assert reconcile(vms.cfg.replace(results_dir=str(empty)), on_log=vms.log, on_warn=vms.log)["downloads_reset"] == []
     assert not empty.exists()  # reconcile creates nothing where no pull ever ran
+
+
+def test_a_guard_entered_before_the_vm_is_created_keeps_its_mark(tmp_path):
+    """run-staged guards the creation itself: the guard's mark must survive the registration that follows."""
+    from lib.config import Config
+    from lib.state import SessionState
+
+    cfg = Config.load({"backend": "local", "state_dir": str(tmp_path)}, env={}, path="")
+    state = SessionState(cfg)
+    state.set_guarded("vm-early", True)
+    assert state.vms()["vm-early"]["phase"] == "creating"
+    state.register_vm("vm-early", run_id="run-1", kind="analysis", zone=cfg.zone, expected_end=2e9, max_run_end=2e9)
+    entry = state.vms()["vm-early"]
+    assert entry["guarded"] is True and entry["run_id"] == "run-1" and entry["phase"] == "running"
+    state.set_guarded("vm-early", False)
+    assert state.vms()["vm-early"]["guarded"] is False
+    state.set_guarded("vm-never", False)  # un-marking an unknown VM records nothing
+    assert "vm-never" not in state.vms()
