@@ -214,7 +214,6 @@ def launch(cfg: Config, run_id: str, description: dict[str, Any], shards: list[l
         for spec, run in zip(specs, runs, strict=True):
             guards.append(stack.enter_context(VMGuard(cfg, spec.name, on_log=on_log, state=state)))
             vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
-            state.set_guarded(spec.name, True)  # the guard's mark at entry came before the VM was registered
             run.id, run.created = vm.get("id", ""), time.time()
             on_log(f"{spec.name}: {len(run.models)} model(s) ({', '.join(run.models)}); "
                    f"deleted by Google after {spec.max_run_s // 3600} h at the latest")
