@@ -48,8 +48,8 @@ def build_image(cfg: Config, *, on_log: Log = print, on_progress: Progress | Non
         raise OpsError(f"image {image_name} already exists: choose another name", code=2)
     step(0)
     spec = compute.plan_vm(cfg, name=name, kind="build", run_id=f"build-{stamp}", spot=True)
-    vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
-    with VMGuard(cfg, name, on_log=on_log, state=state) as guard:
+    with VMGuard(cfg, name, on_log=on_log, state=state) as guard:  # entered first: it covers the creation too
+        vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
         step(1)
         ssh.wait_for_ssh(cfg, name, ssh_timeout, on_log=on_log)
         step(2)

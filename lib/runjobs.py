@@ -113,9 +113,9 @@ def run_jobs(
     spec = compute.plan_vm(cfg, name=name, kind="analysis", run_id=run_id, job_timeouts_min=batch.timeouts_min,
                            image=image, metadata={"ops-hpc-bucket": cfg.bucket_name})
     on_log(f"run {run_id}: {len(batch.models)} job(s) on {name}; results to gs://{cfg.bucket_name}/")
-    compute.create_vm(cfg, spec, on_log=on_log, state=state)
     uploads: list[threading.Thread] = []
-    with VMGuard(cfg, name, on_log=on_log, state=state) as guard:
+    with VMGuard(cfg, name, on_log=on_log, state=state) as guard:  # entered first: it covers the creation too
+        compute.create_vm(cfg, spec, on_log=on_log, state=state)
         ssh.wait_for_ssh(cfg, name, ssh_timeout, on_log=on_log)
         push.install_tools(cfg, name, on_log=on_log)
         for index, (job, result) in enumerate(zip(batch.models, results, strict=True)):
