@@ -1,5 +1,6 @@
 # ops-hpc: the Makefile only bootstraps .venv and names the jobs; tasks.py and bin/ do the work.
-# Windows: `py -m venv .venv && .venv\Scripts\pip install -r requirements.txt -c requirements.lock`,
+# Windows: `py -m venv .venv && .venv\Scripts\pip install -r requirements.txt -c requirements.lock`
+# (Python 3.10: -c requirements-py310.lock),
 # then `.venv\Scripts\invoke --list` gives the same jobs.
 
 PY ?= python3
@@ -7,7 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 INVOKE := $(BIN)/invoke
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements.lock | cksum | cut -d' ' -f1)
+# Python 3.10 resolves to older releases of a few packages: it has its own lock.
+LOCK := $(shell $(if $(wildcard $(PYTHON)),$(PYTHON),$(PY)) -c 'import sys; print("requirements-py310.lock" if sys.version_info < (3, 11) else "requirements.lock")')
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt $(LOCK) | cksum | cut -d' ' -f1)
 
 BATCH ?= batches/example.txt
 JOBS ?= batches/jobs.txt
@@ -24,17 +27,17 @@ RUN ?=
 help:  ## list the jobs
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 20
 
-$(STAMP): requirements.txt requirements.lock
+$(STAMP): requirements.txt $(LOCK)
 	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	@echo "installing pinned dependencies into $(VENV) ..."
-	@$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt -c requirements.lock
+	@echo "installing pinned dependencies ($(LOCK)) into $(VENV) ..."
+	@$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt -c $(LOCK)
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)  ## create .venv with the pinned dependencies
 
-lock: venv  ## regenerate requirements.lock from the current .venv
+lock: venv  ## regenerate this Python's lock file from the current .venv
 	@(echo '# Full resolved set from `pip freeze` (constraints for `make venv`). Regenerate with `make lock`.'; \
-	  $(PYTHON) -m pip freeze --exclude-editable) > requirements.lock
+	  $(PYTHON) -m pip freeze --exclude-editable) > $(LOCK)
 
 lint: venv  ## ruff check
 	$(BIN)/ruff check .
