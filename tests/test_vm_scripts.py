@@ -86,3 +86,44 @@ def test_paths_are_prefixed_with_the_vm_root():
     assert _bash("ops_path /opt/ops-hpc/work", env).strip() == "/tmp/disk/opt/ops-hpc/work"
     env.pop("OPS_HPC_VM_ROOT")
     assert _bash("ops_path /opt/ops-hpc/work", env).strip() == "/opt/ops-hpc/work"
+
+
+def _oldest_vm_python() -> str | None:
+    """A working Python 3.6 (RHEL/Rocky 8's platform-python is 3.6), if this machine has one."""
+    import glob
+    import shutil
+
+    candidates = [shutil.which("python3.6"), "/usr/libexec/platform-python",
+                  *sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.6*/bin/python3.6")))]
+    for exe in filter(None, candidates):
+        try:
+            out = subprocess.run([exe, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                                 text=True, timeout=10)
+        except OSError:
+            continue
+        if out.returncode == 0 and out.stdout.strip() == "(3, 6)":
+            return exe
+    return None
+
+
+@pytest.mark.skipif(_oldest_vm_python() is None, reason="no Python 3.6 here to stand in for Rocky 8's platform-python")
+def test_vm_python_helpers_run_on_python_3_6(tmp_path):
+    """The helpers run on the VM's own python3, which on Rocky 8 may be 3.6 without google_crc32c."""
+    py36 = _oldest_vm_python()
+    helpers = _bash('printf "%s" "$OPS_PY_HELPERS"')
+    data = bytes(range(256)) * 40
+    (tmp_path / "m" / "out").mkdir(parents=True)
+    (tmp_path / "m" / "out" / "disp.out").write_bytes(data)
+    run = lambda *args: subprocess.run([py36, "-c", helpers, *args], check=True, capture_output=True,  # noqa: E731
+                                       text=True, cwd=tmp_path).stdout
+    assert run("crc32c", "m/out/disp.out").strip() == _crc(data)
+    (tmp_path / "snap.json").write_text("{}")
+    assert run("result", "m", "snap.json", "r.zip", "run_id=r", "model=m", "state=ok", "exit_code=0").split() == [
+        "1", str(len(data))]
+    with zipfile.ZipFile(tmp_path / "r.zip") as zf:
+        manifest = json.loads(zf.read("MANIFEST.json"))
+    assert manifest["files"] == [{"path": "out/disp.out", "size": len(data), "crc32c": _crc(data)}]
+    (tmp_path / "page.json").write_text(json.dumps({"items": [{"name": "P/a.out", "size": "5", "crc32c": "x=="},
+                                                              {"name": "P/MANIFEST.json", "size": "9"}]}))
+    run("seal", "P/", "seal.json", "page.json")
+    assert json.loads((tmp_path / "seal.json").read_text())["files"] == [{"path": "a.out", "size": 5, "crc32c": "x=="}]
