@@ -415,3 +415,23 @@ def test_batch_deletes_honour_each_generation(bucket, faults, no_retry_sleep):
     assert sum(state == "deleted" for state in outcome.values()) == 149
     assert [b.name for b in storage.list_blobs(bucket)] == ["many/007.out"]
     assert len(no_retry_sleep) == 1
+
+
+def test_door_gates_names_in_large_streamed_multipart_uploads(localcloud, bucket):
+    """A multipart upload too big to buffer still names its object in its first part: the gate reads that part."""
+    import requests
+
+    boundary = "ops-hpc-boundary"
+    meta = json.dumps({"name": "big/../../../../escaped-big.bin"}).encode()
+    body = (f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n".encode() + meta +
+            f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n".encode() + os.urandom(20 << 20) +
+            f"\r\n--{boundary}--\r\n".encode())
+    url = f"{localcloud.endpoints['storage']}/upload/storage/v1/b/{bucket.bucket}/o?uploadType=multipart"
+    answer = requests.post(url, data=body, headers={"Content-Type": f"multipart/related; boundary={boundary}"},
+                           timeout=60)
+    assert answer.status_code == 400 and "refuses object name" in answer.text
+    assert not list(localcloud.state_dir.parent.rglob("escaped-big.bin"))
+    ok = requests.post(url, data=body.replace(b"big/../../../../escaped-big.bin", b"big/fine-big-12345678.bin"),
+                       headers={"Content-Type": f"multipart/related; boundary={boundary}"}, timeout=60)
+    assert ok.status_code == 200, ok.text  # the streamed body arrives whole after the inspected head
+    assert storage.get_blob(bucket, "big/fine-big-12345678.bin").size == 20 << 20

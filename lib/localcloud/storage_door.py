@@ -36,6 +36,7 @@ from lib.localcloud.faults import Fault, FaultRegistry
 from lib.localcloud.http import REASONS
 
 CHUNK = 1 << 20
+HEAD = 64 << 10  # how much of a streamed request body is inspected for object names
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
 
 
@@ -184,6 +185,7 @@ class _DoorHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length <= 16 * CHUNK:
             return self.rfile.read(length) if length else b""
+        self._head = self.rfile.read(HEAD)  # a streamed body's start, where a multipart upload names its object
         return None
 
     def _proxy(self) -> None:
@@ -207,7 +209,7 @@ class _DoorHandler(BaseHTTPRequestHandler):
         if refused:
             self._send_json(400, refused)
             return
-        target = self._precondition_target(self.command, self.path, body)
+        target = self._precondition_target(self.command, self.path, body if body is not None else self._head)
         if target is None:
             self._forward(body, length, fault)
             return
@@ -221,7 +223,8 @@ class _DoorHandler(BaseHTTPRequestHandler):
     def _refused_name(self, method: str, path: str, body: bytes | None) -> str | None:
         if not self.door.gate_names:
             return None
-        bad = [n for n in names_in_request(method, path, (body or b"")[:65536]) if unsafe_name(n)]
+        head = body if body is not None else getattr(self, "_head", b"")
+        bad = [n for n in names_in_request(method, path, head[:HEAD]) if unsafe_name(n)]
         if not bad:
             return None
         return (f"the local cloud refuses object name {bad[0]!r}: its filesystem store cannot hold '..' "
@@ -329,7 +332,8 @@ class _DoorHandler(BaseHTTPRequestHandler):
                 for k, v in headers.items():
                     conn.putheader(k, v)
                 conn.endheaders()
-                remaining = length
+                conn.send(self._head)
+                remaining = length - len(self._head)
                 while remaining:
                     chunk = self.rfile.read(min(CHUNK, remaining))
                     if not chunk:
