@@ -379,13 +379,18 @@ class Transfers:
                     return n
 
             try:
+                # The library streams in 8 KB reads, a Python-level loop per 8 KB: a piece of at most SLICE
+                # bytes is read in one go instead (bounded memory: workers x SLICE).
+                size = (end - start + 1) if end is not None else obj.size
+                one_go = size <= SLICE
                 with open(dest, "r+b" if end is not None else "wb") as fh:
                     fh.seek(start)
                     if end is None:
-                        self.blob(obj).download_to_file(Counting(fh), raw_download=True, checksum=None, retry=None)
+                        self.blob(obj).download_to_file(Counting(fh), raw_download=True, checksum=None, retry=None,
+                                                        single_shot_download=one_go)
                     else:
                         self.blob(obj).download_to_file(Counting(fh), start=start, end=end, raw_download=True,
-                                                        checksum=None, retry=None)
+                                                        checksum=None, retry=None, single_shot_download=one_go)
             except BaseException:
                 count(-written)
                 raise
