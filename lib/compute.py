@@ -284,10 +284,6 @@ def instance_resource(spec: VmSpec) -> Any:
     )
 
 
-def _zcfg(cfg: Config, zone: str | None) -> Config:
-    return cfg if not zone or zone == cfg.zone else cfg.replace(zone=zone)
-
-
 def _epoch(stamp: str) -> float | None:
     if not stamp:
         return None

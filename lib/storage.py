@@ -32,10 +32,6 @@ def crc32c_file(path: Path) -> str:
     return base64.b64encode(crc.digest()).decode()
 
 
-def crc32c_hex(b64: str) -> str:
-    return base64.b64decode(b64).hex()
-
-
 def client(cfg: Config) -> Any:
     return clients.storage(clients.resolve(cfg))
 
@@ -115,17 +111,6 @@ def download_bytes(cfg: Config, name: str) -> bytes | None:
         return retry.call(bucket(cfg).blob(name).download_as_bytes, retry=None, checksum="crc32c")
     except gexc.NotFound:
         return None
-
-
-def delete_blob(cfg: Config, name: str, generation: int | None) -> bool:
-    """Delete only the generation we know about; False if it is gone or was replaced meanwhile."""
-    from google.api_core import exceptions as gexc
-
-    try:
-        retry.call(bucket(cfg).blob(name).delete, if_generation_match=generation, retry=None)
-        return True
-    except (gexc.NotFound, gexc.PreconditionFailed):
-        return False
 
 
 BATCH_MAX = 100  # calls per GCS JSON batch request (GCS's limit)

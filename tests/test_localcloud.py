@@ -101,9 +101,9 @@ def test_storage_upload_list_download_delete_with_crc32c(bucket, tmp_path):
     assert out.read_bytes() == data
 
     blob = listed["run-1/frame/disp.out"]
-    assert not storage.delete_blob(bucket, blob.name, blob.generation + 1)  # wrong generation: kept
+    assert storage.delete_many(bucket, [(blob.name, blob.generation + 1)]) == {blob.name: "kept"}  # wrong generation
     assert storage.get_blob(bucket, blob.name) is not None
-    assert storage.delete_blob(bucket, blob.name, blob.generation)
+    assert storage.delete_many(bucket, [(blob.name, blob.generation)]) == {blob.name: "deleted"}
     assert storage.get_blob(bucket, blob.name) is None
 
 
