@@ -24,24 +24,15 @@ def unique(prefix: str = "t") -> str:
 
 
 def ensure_opensees_image(cfg: Config) -> str:
-    """An image in family opensees-hpc of the local project, made as a build would: VM from the base, stop, image."""
-    from google.cloud import compute_v1 as c
+    """An image in family opensees-hpc of the local project, made by the build pipeline itself (launcher included)."""
+    from lib import build
 
     images = clients.images(cfg)
     try:
         return images.get_from_family(project=cfg.project, family=cfg.image_family).self_link
     except Exception:
         pass
-    name = unique("img-src")
-    spec = compute.plan_vm(cfg, name=name, kind="build", run_id="image-for-tests", startup_script="true")
-    compute.create_vm(cfg, spec, on_log=lambda _: None)
-    try:
-        compute.stop_vm(cfg, name, on_log=lambda _: None)
-        body = c.Image(name=f"opensees-hpc-test-{uuid.uuid4().hex[:8]}", family=cfg.image_family,
-                       source_disk=f"zones/{cfg.zone}/disks/{name}")
-        images.insert(project=cfg.project, image_resource=body).result(timeout=60)
-    finally:
-        compute.delete_vm(cfg, name, on_log=lambda _: None)
+    build.build_image(cfg, on_log=lambda _: None)
     return images.get_from_family(project=cfg.project, family=cfg.image_family).self_link
 
 
