@@ -46,19 +46,27 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data), status=status, mimetype="application/json")
 
 
-def google_error(code: int, message: str, reason: str | None = None) -> Response:
+def error_body(code: int, message: str, reason: str | None = None) -> dict[str, Any]:
     """Google's JSON error body, which google-api-core turns into the matching exception class."""
     reason = reason or REASONS.get(code, "error")
-    body = {"error": {"code": code, "message": message, "errors": [{"message": message, "domain": "global", "reason": reason}]}}
-    return json_response(body, status=code)
+    return {"error": {"code": code, "message": message, "errors": [{"message": message, "domain": "global", "reason": reason}]}}
+
+
+def google_error(code: int, message: str, reason: str | None = None) -> Response:
+    return json_response(error_body(code, message, reason), status=code)
+
+
+def reset_socket(sock: socket.socket) -> None:
+    """Close with an RST instead of a FIN, as a flaky network drops a connection."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def reset_connection(request: Request) -> None:
-    """Drop the client's TCP connection with an RST, as a flaky network does."""
+    """Drop a werkzeug request's TCP connection with an RST."""
     sock = request.environ.get("werkzeug.socket")
     if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()
+        reset_socket(sock)
 
 
 class ConnectionDropped(Exception):

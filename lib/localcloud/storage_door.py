@@ -25,15 +25,13 @@ import contextlib
 import http.client
 import json
 import secrets
-import socket
-import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from lib.localcloud.faults import Fault, FaultRegistry
-from lib.localcloud.http import REASONS
+from lib.localcloud.http import error_body, reset_socket
 
 CHUNK = 1 << 20
 HEAD = 64 << 10  # how much of a streamed request body is inspected for object names
@@ -156,9 +154,7 @@ class _DoorHandler(BaseHTTPRequestHandler):
         return conn
 
     def _send_json(self, code: int, message: str) -> None:
-        reason = REASONS.get(code, "error")
-        body = json.dumps({"error": {"code": code, "message": message, "errors": [
-            {"message": message, "domain": "global", "reason": reason}]}}).encode()
+        body = json.dumps(error_body(code, message)).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -166,9 +162,8 @@ class _DoorHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _reset(self) -> None:
-        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.close_connection = True
-        self.connection.close()
+        reset_socket(self.connection)
 
     def _read_body(self) -> bytes | None:
         """The request body: small ones are buffered (to inspect names); None means stream it."""
@@ -274,14 +269,14 @@ class _DoorHandler(BaseHTTPRequestHandler):
         """One part of a batch, with the same gate and preconditions as a lone request; buffered."""
         refused = self._refused_name(method, path, body)
         if refused:
-            return 400, "Bad Request", json.dumps({"error": {"code": 400, "message": refused}})
+            return 400, "Bad Request", json.dumps(error_body(400, refused))
         target = self._precondition_target(method, path, body)
         lock = self.door.object_lock(target) if target else contextlib.nullcontext()
         with lock:
             if target:
                 problem = self._precondition_problem(method, target, parse_qs(urlsplit(path).query))
                 if problem:
-                    return 412, "Precondition Failed", json.dumps({"error": {"code": 412, "message": problem}})
+                    return 412, "Precondition Failed", json.dumps(error_body(412, problem))
             keep = {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
             keep["Content-Length"] = str(len(body))
             conn = self._upstream()
@@ -292,7 +287,7 @@ class _DoorHandler(BaseHTTPRequestHandler):
             except (OSError, http.client.HTTPException):
                 self._conn = None
                 conn.close()
-                return 503, "Service Unavailable", json.dumps({"error": {"code": 503, "message": "backend unavailable"}})
+                return 503, "Service Unavailable", json.dumps(error_body(503, "backend unavailable"))
         return resp.status, resp.reason, payload.decode("utf-8", "replace")
 
     def _precondition_problem(self, method: str, target: tuple[str, str], query: dict[str, list[str]]) -> str | None:
