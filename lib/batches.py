@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from lib.errors import OpsError
+from lib.errors import UsageError
 
 DEFAULTS = {"main": "main.tcl", "cores": "1", "timeout": "60"}
 KEYS = ("main", "cores", "timeout", "name")
@@ -28,12 +28,12 @@ NAME_RX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 T = TypeVar("T")
 
 
-class BatchError(OpsError):
+class BatchError(UsageError):
     """One or more bad lines; the message lists each as FILE:LINE: problem."""
 
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems) if len(problems) == 1 else
-                         f"{len(problems)} problems:\n  " + "\n  ".join(problems), code=2)
+                         f"{len(problems)} problems:\n  " + "\n  ".join(problems))
         self.problems = problems
 
 
@@ -65,12 +65,12 @@ def parse_batch(path: str | Path) -> Batch:
     """Read and check a batch file; raises BatchError naming every bad line."""
     path = Path(path)
     if not path.is_file():
-        raise OpsError(f"batch file {path} does not exist", code=2)
+        raise UsageError(f"batch file {path} does not exist")
     base = path.resolve().parent
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
-        raise OpsError(f"{path}: not a text file (expected UTF-8)", code=2) from None
+        raise UsageError(f"{path}: not a text file (expected UTF-8)") from None
     problems: list[str] = []
     models: list[Model] = []
     seen: dict[str, int] = {}
@@ -133,7 +133,7 @@ def parse_batch(path: str | Path) -> Batch:
     if problems:
         raise BatchError(problems)
     if not models:
-        raise OpsError(f"{path}: no models (one line per model: FOLDER [main=] [cores=] [timeout=])", code=2)
+        raise UsageError(f"{path}: no models (one line per model: FOLDER [main=] [cores=] [timeout=])")
     return Batch(path=path, base=base, models=tuple(models))
 
 
@@ -144,7 +144,7 @@ def shard_by_timeout(items: Sequence[T], count: int, key: Callable[[T], float] |
     Each shard keeps the batch order; empty shards are dropped (more VMs than models gives one model each).
     """
     if count < 1:
-        raise OpsError("the number of VMs must be at least 1", code=2)
+        raise UsageError("the number of VMs must be at least 1")
     weight = key or (lambda item: getattr(item, "timeout_min", None) if not isinstance(item, dict) else item["timeout_min"])
     order = sorted(range(len(items)), key=lambda i: (-float(weight(items[i])), i))
     loads = [0.0] * min(count, len(items))

@@ -11,21 +11,19 @@ local cloud the same pipeline runs and the script's stand-in step installs the l
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from lib import clients, compute, images, ssh
+from lib import clients, compute, images, paths, ssh
 from lib.config import Config
-from lib.errors import OpsError
+from lib.errors import OpsError, UsageError
 from lib.guard import VMGuard
+from lib.log import Log
 from lib.stage import new_run_id
 
-REPO = Path(__file__).resolve().parents[1]
-BUILD_SCRIPT = REPO / "vm-scripts" / "build_opensees_full.sh"
+BUILD_SCRIPT = paths.vm_script("build_opensees_full.sh")
 REMOTE_DIR = "/tmp/ops-hpc-build"
 STEPS = ("create VM", "wait for ssh", "upload script", "build", "stop VM", "create image", "delete VM")
 
-Log = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
 
 
@@ -45,7 +43,7 @@ def build_image(cfg: Config, *, on_log: Log = print, on_progress: Progress | Non
             on_progress(STEPS[i], i + 1, len(STEPS))
 
     if images.get_image(cfg, image_name) is not None:
-        raise OpsError(f"image {image_name} already exists: choose another name", code=2)
+        raise UsageError(f"image {image_name} already exists: choose another name")
     step(0)
     spec = compute.plan_vm(cfg, name=name, kind="build", run_id=f"build-{stamp}", spot=True)
     with VMGuard(cfg, name, on_log=on_log, state=state) as guard:  # entered first: it covers the creation too
@@ -77,7 +75,7 @@ def build_image(cfg: Config, *, on_log: Log = print, on_progress: Progress | Non
 def _boot_disk(cfg: Config, name: str) -> str | None:
     from lib import retry
 
-    inst = retry.call(clients.instances(cfg).get, project=cfg.project, zone=cfg.zone, instance=name, retry=None)
+    inst = retry.google(clients.instances(cfg).get, project=cfg.project, zone=cfg.zone, instance=name)
     for disk in inst.disks:
         if disk.boot and disk.source:
             return disk.source.split("/compute/v1/", 1)[-1]

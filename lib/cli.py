@@ -14,9 +14,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lib.config import Config
-from lib.errors import OpsError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from lib.errors import (  # noqa: F401  (re-exported for bin/)
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    OpsError,
+    Refused,
+    UsageError,
+)
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -17,13 +17,14 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from lib import clients, retry
 from lib.config import Config
-from lib.errors import OpsError
+from lib.errors import OpsError, Refused, UsageError
+from lib.log import Log
 
 LABEL_KEY = "ops-hpc"
 LABEL_RUN = "ops-hpc-run"
@@ -37,12 +38,6 @@ SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 STOPPED_STATES = ("STOPPED", "TERMINATED", "SUSPENDED")
 _NAME_RX = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 
-Log = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
-
 
 # ----------------------------------------------------------------------------- arithmetic
 
@@ -52,14 +47,14 @@ def max_run_seconds(job_timeouts_min: Sequence[int], upload_timeout_min: int, *,
     if kind == "build":
         return BUILD_MAX_RUN_S
     if kind != "analysis":
-        raise OpsError(f"unknown VM kind {kind!r}: expected one of {', '.join(KINDS)}", code=2)
+        raise UsageError(f"unknown VM kind {kind!r}: expected one of {', '.join(KINDS)}")
     if any(int(t) < 0 for t in job_timeouts_min) or upload_timeout_min < 0:
-        raise OpsError("job and upload timeouts must be non-negative minutes", code=2)
+        raise UsageError("job and upload timeouts must be non-negative minutes")
     minutes = sum(int(t) for t in job_timeouts_min) + int(upload_timeout_min) + 1
     seconds = math.ceil(minutes / 60) * 3600
     if seconds > MAX_RUN_LIMIT_S:
-        raise OpsError(f"the jobs' timeouts add up to {minutes} min, beyond Compute Engine's 120-day maximum run "
-                       "duration: split the batch", code=2)
+        raise UsageError(f"the jobs' timeouts add up to {minutes} min, beyond Compute Engine's 120-day maximum run "
+                       "duration: split the batch")
     return seconds
 
 
@@ -141,7 +136,7 @@ def _image_ref(cfg: Config, kind: str, image: str | None) -> tuple[str, str | No
     if m:
         return default_project, m.group(1), None
     if "/" in ref:
-        raise OpsError(f"image {image!r}: expected NAME, family/FAMILY or projects/P/global/images/[family/]NAME", code=2)
+        raise UsageError(f"image {image!r}: expected NAME, family/FAMILY or projects/P/global/images/[family/]NAME")
     return default_project, None, ref
 
 
@@ -151,8 +146,8 @@ def resolve_image(cfg: Config, kind: str = "analysis", image: str | None = None)
     client = clients.images(clients.resolve(cfg))
     try:
         if family:
-            return retry.call(client.get_from_family, project=project, family=family, retry=None)
-        return retry.call(client.get, project=project, image=name, retry=None)
+            return retry.google(client.get_from_family, project=project, family=family)
+        return retry.google(client.get, project=project, image=name)
     except Exception as exc:
         if not _not_found(exc):
             raise
@@ -164,7 +159,7 @@ def resolve_image(cfg: Config, kind: str = "analysis", image: str | None = None)
 def _machine_type(cfg: Config, machine_type: str) -> Any:
     client = clients.compute_client("MachineTypesClient", clients.resolve(cfg))
     try:
-        return retry.call(client.get, project=cfg.project, zone=cfg.zone, machine_type=machine_type, retry=None)
+        return retry.google(client.get, project=cfg.project, zone=cfg.zone, machine_type=machine_type)
     except Exception as exc:
         if not _not_found(exc) and getattr(exc, "code", None) != 400:
             raise
@@ -175,7 +170,7 @@ def _machine_type(cfg: Config, machine_type: str) -> Any:
 def cpu_quota(cfg: Config, machine_type: str, guest_cpus: int, spot: bool) -> list[dict[str, Any]]:
     """The regional quota rows that creating this VM counts against: [{metric, limit, usage, needed, ok}]."""
     client = clients.compute_client("RegionsClient", clients.resolve(cfg))
-    region = retry.call(client.get, project=cfg.project, region=cfg.region_name, retry=None)
+    region = retry.google(client.get, project=cfg.project, region=cfg.region_name)
     quotas = {q.metric: q for q in region.quotas}
     family_metric = machine_type.split("-", 1)[0].upper() + "_CPUS"
     metrics = ["CPUS"] + ([family_metric] if family_metric in quotas else [])
@@ -208,9 +203,9 @@ def plan_vm(
     """Decide and validate a VM (machine type, image, CPU quota) without creating anything."""
     cfg = clients.resolve(cfg)
     if kind not in KINDS:
-        raise OpsError(f"unknown VM kind {kind!r}: expected one of {', '.join(KINDS)}", code=2)
+        raise UsageError(f"unknown VM kind {kind!r}: expected one of {', '.join(KINDS)}")
     if not _NAME_RX.fullmatch(name or ""):
-        raise OpsError(f"VM name {name!r}: use 1-63 lowercase letters, digits and '-', starting with a letter", code=2)
+        raise UsageError(f"VM name {name!r}: use 1-63 lowercase letters, digits and '-', starting with a letter")
     spot = cfg.spot if spot is None else spot
     machine_type = machine_type or (cfg.build_machine_type if kind == "build" else cfg.machine_type)
     timeouts = tuple(int(t) for t in job_timeouts_min)
@@ -341,8 +336,7 @@ def get_vm(cfg: Config, name: str) -> dict[str, Any] | None:
     """The VM as a dict, or None if it does not exist."""
     cfg = clients.resolve(cfg)
     try:
-        return to_dict(retry.call(clients.instances(cfg).get, project=cfg.project, zone=cfg.zone, instance=name,
-                                  retry=None))
+        return to_dict(retry.google(clients.instances(cfg).get, project=cfg.project, zone=cfg.zone, instance=name))
     except Exception as exc:
         if _not_found(exc):
             return None
@@ -376,7 +370,7 @@ def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = print, state: Any = No
 
         request = c.InsertInstanceRequest(project=spec.project, zone=spec.zone, request_id=request_id,
                                           instance_resource=instance_resource(spec))
-        op = retry.call(clients.instances(cfg).insert, request=request, retry=None)
+        op = retry.google(clients.instances(cfg).insert, request=request)
         wait_operation(op, f"creating VM {spec.name}")
     except Exception as exc:
         from google.api_core import exceptions as gexc
@@ -402,8 +396,8 @@ def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = print, state: Any = No
 
 def _check_ours(vm: dict[str, Any], force: bool, verb: str) -> None:
     if not vm["ours"] and not force:
-        raise OpsError(f"refusing to {verb} VM {vm['name']}: it has no {LABEL_KEY}=true label, so ops-hpc did not "
-                       "create it; pass --force if you are sure", code=3)
+        raise Refused(f"refusing to {verb} VM {vm['name']}: it has no {LABEL_KEY}=true label, so ops-hpc did not "
+                       "create it; pass --force if you are sure")
 
 
 def delete_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = print, state: Any = None) -> bool:
@@ -421,7 +415,7 @@ def delete_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = prin
 
     request = c.DeleteInstanceRequest(project=cfg.project, zone=cfg.zone, instance=name, request_id=str(uuid.uuid4()))
     try:
-        op = retry.call(clients.instances(cfg).delete, request=request, retry=None)
+        op = retry.google(clients.instances(cfg).delete, request=request)
         wait_operation(op, f"deleting VM {name}")
     except Exception as exc:
         if not _not_found(exc):
@@ -443,7 +437,7 @@ def stop_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = print)
     from google.cloud import compute_v1 as c
 
     request = c.StopInstanceRequest(project=cfg.project, zone=cfg.zone, instance=name, request_id=str(uuid.uuid4()))
-    op = retry.call(clients.instances(cfg).stop, request=request, retry=None)
+    op = retry.google(clients.instances(cfg).stop, request=request)
     wait_operation(op, f"stopping VM {name}")
     on_log(f"stopped VM {name}")
 
@@ -463,7 +457,7 @@ def set_expected_end(cfg: Config, name: str, expected_end: float) -> None:
         inst = client.get(project=cfg.project, zone=cfg.zone, instance=name, retry=None)
         labels = dict(inst.labels)
         if labels.get(LABEL_KEY) != "true":
-            raise OpsError(f"VM {name} is not an ops-hpc VM", code=3)
+            raise Refused(f"VM {name} is not an ops-hpc VM")
         labels[LABEL_END] = str(int(expected_end))
         body = c.InstancesSetLabelsRequest(labels=labels, label_fingerprint=inst.label_fingerprint)
         # the fingerprint makes this idempotent: a lost response followed by a retry gets 412 and re-reads

@@ -18,8 +18,7 @@ from typing import Any
 from lib import clients, push, ssh
 from lib.config import Config
 from lib.errors import OpsError
-
-Log = Callable[[str], None]
+from lib.log import Log
 
 
 def abort(cfg: Config, name: str, *, on_log: Log = print, grace_s: int = 5, install: bool = True) -> int:

@@ -23,14 +23,10 @@ from typing import Any
 
 from lib import jsonfile
 from lib.config import Config
-from lib.errors import OpsError
+from lib.errors import OpsError, Refused, UsageError
+from lib.log import Log, quiet
 
 CHECK_S = 2.0
-Log = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 class Deadline:
@@ -140,12 +136,12 @@ def request_extension(cfg: Config, minutes: float, *, name: str | None = None, o
                       on_warn: Log | None = None) -> list[dict[str, Any]]:
     """Ask the running job(s) (of VM `name`, or every one) for `minutes` more; returns what was asked of whom."""
     if minutes <= 0:
-        raise OpsError("--minutes must be above 0", code=2)
+        raise UsageError("--minutes must be above 0")
     warn = on_warn or on_log
     jobs = [j for j in running_jobs(cfg) if name in (None, "", j["vm"])]
     if not jobs:
         where = f" on VM {name}" if name else ""
-        raise OpsError(f"no running job{where} to extend (nothing under {channel_dir(cfg)})", code=3)
+        raise Refused(f"no running job{where} to extend (nothing under {channel_dir(cfg)})")
     done = []
     for job in jobs:
         with jsonfile.edit(Path(job["path"]), {}) as data:
@@ -171,7 +167,7 @@ class Watchdog:
     """Checks a Deadline every `interval` s; applies channel extensions; calls on_expire once when it runs out."""
 
     def __init__(self, deadline: Deadline, on_expire: Callable[[], None], *, channel: Channel | None = None,
-                 interval: float = CHECK_S, on_log: Log = _quiet, on_warn: Log | None = None) -> None:
+                 interval: float = CHECK_S, on_log: Log = quiet, on_warn: Log | None = None) -> None:
         self.deadline = deadline
         self.on_expire = on_expire
         self.channel = channel

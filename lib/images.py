@@ -13,15 +13,11 @@ from typing import Any
 
 from lib import clients, compute, retry
 from lib.config import Config
-from lib.errors import OpsError
+from lib.errors import OpsError, Refused
+from lib.log import Log
 
 LABELS = {"ops-hpc": "true", "ops-hpc-kind": "opensees-hpc"}
 OP_TIMEOUT_S = 1800.0  # imaging a 200 GB disk takes minutes on GCP
-Log = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def to_dict(image: Any, cfg: Config | None = None) -> dict[str, Any]:
@@ -52,7 +48,7 @@ def get_image(cfg: Config, name: str) -> dict[str, Any] | None:
 
     cfg = clients.resolve(cfg)
     try:
-        return to_dict(retry.call(clients.images(cfg).get, project=_project(cfg), image=name, retry=None), cfg)
+        return to_dict(retry.google(clients.images(cfg).get, project=_project(cfg), image=name), cfg)
     except gexc.NotFound:
         return None
 
@@ -81,7 +77,7 @@ def create_from_disk(cfg: Config, source_disk: str, image_name: str, *, descript
     on_log(f"creating image {image_name} (family {cfg.image_family}) from {source_disk.rsplit('/', 1)[-1]}")
     request_id = str(uuid.uuid4())  # one request however often the insert is retried
     request = c.InsertImageRequest(project=_project(cfg), image_resource=body, request_id=request_id)
-    op = retry.call(clients.images(cfg).insert, request=request, retry=None)
+    op = retry.google(clients.images(cfg).insert, request=request)
     compute.wait_operation(op, f"creating image {image_name}", timeout=OP_TIMEOUT_S)
     image = get_image(cfg, image_name)
     if image is None:
@@ -93,10 +89,10 @@ def create_from_disk(cfg: Config, source_disk: str, image_name: str, *, descript
 def _require_ours(cfg: Config, name: str, verb: str) -> dict[str, Any]:
     image = get_image(cfg, name)
     if image is None:
-        raise OpsError(f"image {name} does not exist in project {_project(cfg)}", code=3)
+        raise Refused(f"image {name} does not exist in project {_project(cfg)}")
     if not image["ours"]:
-        raise OpsError(f"refusing to {verb} image {name}: it is not an ops-hpc image (no ops-hpc=true label and "
-                       f"not in family {cfg.image_family})", code=3)
+        raise Refused(f"refusing to {verb} image {name}: it is not an ops-hpc image (no ops-hpc=true label and "
+                       f"not in family {cfg.image_family})")
     return image
 
 
@@ -107,7 +103,7 @@ def _deprecate(cfg: Config, name: str, state: str) -> None:
     status = c.DeprecationStatus(state=state)
     request = c.DeprecateImageRequest(project=_project(cfg), image=name, deprecation_status_resource=status,
                                       request_id=str(uuid.uuid4()))
-    op = retry.call(clients.images(cfg).deprecate, request=request, retry=None)
+    op = retry.google(clients.images(cfg).deprecate, request=request)
     compute.wait_operation(op, f"setting image {name} to {state}", timeout=OP_TIMEOUT_S)
 
 
@@ -138,7 +134,7 @@ def delete(cfg: Config, name: str, *, on_log: Log = print,
 
     cfg = clients.resolve(cfg)
     request = c.DeleteImageRequest(project=_project(cfg), image=name, request_id=str(uuid.uuid4()))
-    op = retry.call(clients.images(cfg).delete, request=request, retry=None)
+    op = retry.google(clients.images(cfg).delete, request=request)
     compute.wait_operation(op, f"deleting image {name}", timeout=OP_TIMEOUT_S)
     on_log(f"deleted image {name}")
     return True

@@ -13,7 +13,7 @@ from typing import Any
 
 from lib import clients, compute, retry, ssh
 from lib.config import Config
-from lib.errors import OpsError
+from lib.errors import OpsError, Refused
 
 METRICS = {
     "cpu_percent": ("compute.googleapis.com/instance/cpu/utilization", 100.0),  # fraction of the vCPUs
@@ -21,7 +21,6 @@ METRICS = {
     "disk_percent": ("agent.googleapis.com/disk/percent_used", 1.0),
 }
 WINDOW_S = 300
-Log = Callable[[str], None]
 
 
 def from_monitoring(cfg: Config, vm: dict[str, Any], *, window_s: int = WINDOW_S,
@@ -94,7 +93,7 @@ def sample(cfg: Config, name: str, *, window_s: int = WINDOW_S, sample_s: float 
     cfg = clients.resolve(cfg)
     vm = compute.get_vm(cfg, name)
     if vm is None:
-        raise OpsError(f"VM {name} does not exist in {cfg.zone}", code=3)
+        raise Refused(f"VM {name} does not exist in {cfg.zone}")
     figures = from_monitoring(cfg, vm, window_s=window_s)
     source = dict.fromkeys(figures, "monitoring")
     missing = [k for k in METRICS if k not in figures]

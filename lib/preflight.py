@@ -49,7 +49,7 @@ def check_project(cfg: Config) -> tuple[Check, Any]:
     if not cfg.project:
         return Check("project", "fail", "no project configured", "set project in ops-hpc.toml or OPS_HPC_PROJECT"), None
     try:
-        proj = retry.call(clients.compute_client("ProjectsClient", cfg).get, project=cfg.project, retry=None)
+        proj = retry.google(clients.compute_client("ProjectsClient", cfg).get, project=cfg.project)
     except Exception as exc:
         return Check("project", "fail", f"{cfg.project}: {_msg(exc)}",
                      "check the project id, and enable the Compute Engine API: "
@@ -65,7 +65,7 @@ def check_apis(cfg: Config) -> list[Check]:
     except Exception as exc:
         out.append(Check("Compute Engine API", "fail", _msg(exc), "gcloud services enable compute.googleapis.com"))
     try:
-        retry.call(lambda: list(storage.client(cfg).list_buckets(max_results=1, retry=None)))
+        retry.listing(storage.client(cfg).list_buckets, max_results=1)
         out.append(Check("Cloud Storage API", "ok", "reachable"))
     except Exception as exc:
         out.append(Check("Cloud Storage API", "fail", _msg(exc), "gcloud services enable storage.googleapis.com"))
@@ -79,7 +79,7 @@ def check_apis(cfg: Config) -> list[Check]:
                                                 end_time=dt.datetime.fromtimestamp(now, dt.timezone.utc)),
             view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.HEADERS)
         client = clients.monitoring(cfg)
-        retry.call(lambda: list(client.list_time_series(request=request, retry=None, timeout=30)))
+        retry.listing(client.list_time_series, request=request, timeout=30)
         out.append(Check("Cloud Monitoring API", "ok", "reachable"))
     except Exception as exc:
         out.append(Check("Cloud Monitoring API", "fail", _msg(exc), "gcloud services enable monitoring.googleapis.com"))
@@ -101,7 +101,7 @@ def check_oslogin(cfg: Config, project: Any) -> Check:
 def check_bucket(cfg: Config) -> Check:
     try:
         created = storage.ensure_bucket(cfg)
-        b = retry.call(storage.client(cfg).get_bucket, cfg.bucket_name, retry=None)
+        b = retry.google(storage.client(cfg).get_bucket, cfg.bucket_name)
     except Exception as exc:
         return Check("bucket", "fail", f"gs://{cfg.bucket_name}: {_msg(exc)}", "choose another name with OPS_HPC_BUCKET")
     verb = "created" if created else "exists"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.config import Config
-from lib.errors import OpsError
+from lib.errors import UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,11 +28,11 @@ def _load(path: str) -> dict[str, Any]:
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise OpsError(f"price table {path} does not exist (price_table in ops-hpc.toml)", code=2) from None
+        raise UsageError(f"price table {path} does not exist (price_table in ops-hpc.toml)") from None
     except tomllib.TOMLDecodeError as exc:
-        raise OpsError(f"price table {path} is not valid TOML: {exc}", code=2) from None
+        raise UsageError(f"price table {path} is not valid TOML: {exc}") from None
     if not isinstance(data.get("machine_types"), dict) or "taken" not in data:
-        raise OpsError(f"price table {path} needs `taken = \"YYYY-MM-DD\"` and a [machine_types] table", code=2)
+        raise UsageError(f"price table {path} needs `taken = \"YYYY-MM-DD\"` and a [machine_types] table")
     return data
 
 
@@ -59,8 +59,8 @@ def vm_hourly(cfg: Config, machine_type: str, *, spot: bool = False, disk_gb: fl
     """Machine plus boot disk per hour; an unpriced machine type is an error naming the table to edit."""
     price = hourly(cfg, machine_type, spot=spot)
     if price is None:
-        raise OpsError(f"no price for machine type {machine_type} in {table(cfg)['path']}: add it under "
-                       "[machine_types] (USD/hour)", code=2)
+        raise UsageError(f"no price for machine type {machine_type} in {table(cfg)['path']}: add it under "
+                       "[machine_types] (USD/hour)")
     return price + disk_hourly(cfg, disk_gb)
 
 

@@ -14,24 +14,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lib import clients, compute, ssh
+from lib import clients, compute, paths, ssh
 from lib.config import Config
-from lib.errors import OpsError
+from lib.errors import OpsError, Refused, UsageError
+from lib.log import Log, quiet
 
-REPO = Path(__file__).resolve().parents[1]
-VM_SCRIPTS = REPO / "vm-scripts"
-TOOLS = ("push.sh", "lib.sh", "kill_opensees.sh")
 REMOTE_TOOLS = "/tmp/ops-hpc/bin"
 ANALYSIS_ROOT = "/tmp/ops-hpc-analysis"
 DOWNLOAD_LIMIT = 50 * 1024 * 1024
 METHODS = ("auto", "curl", "gcloud")
 _PUSHED = re.compile(r"PUSHED folder=(\S+) prefix=(\S+) files=(\d+) bytes=(\d+)")
 _FAILED = re.compile(r"FAILED folder=(\S+) reason=(\S+)")
-Log = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def stamp(now: float | None = None) -> str:
@@ -39,9 +32,9 @@ def stamp(now: float | None = None) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
 
 
-def install_tools(cfg: Config, name: str, *, on_log: Log = _quiet) -> None:
+def install_tools(cfg: Config, name: str, *, on_log: Log = quiet) -> None:
     """Copy push.sh, lib.sh and kill_opensees.sh to the VM (harmless to repeat)."""
-    ssh.upload(cfg, name, [VM_SCRIPTS / t for t in TOOLS], REMOTE_TOOLS, on_log=on_log)
+    ssh.upload(cfg, name, [paths.vm_script(t) for t in paths.SSH_TOOLS], REMOTE_TOOLS, on_log=on_log)
 
 
 def tool(script: str) -> str:
@@ -51,7 +44,7 @@ def tool(script: str) -> str:
 def push_command(bucket: str, folders: Sequence[str] = (), *, when: str | None = None, method: str = "auto") -> str:
     """The remote command line for push.sh (every value shell-quoted)."""
     if method not in METHODS:
-        raise OpsError(f"push method {method!r}: expected one of {', '.join(METHODS)}", code=2)
+        raise UsageError(f"push method {method!r}: expected one of {', '.join(METHODS)}")
     parts = [f"bash {tool('push.sh')}", "--bucket", shlex.quote(bucket), "--with", method]
     if when:
         parts += ["--stamp", shlex.quote(when)]
@@ -71,7 +64,7 @@ def push(cfg: Config, name: str, folders: Sequence[str] = (), *, on_log: Log = p
     cfg = clients.resolve(cfg)
     for folder in folders:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", folder):
-            raise OpsError(f"folder {folder!r}: a name under {ANALYSIS_ROOT} (letters, digits, '.', '_', '-')", code=2)
+            raise UsageError(f"folder {folder!r}: a name under {ANALYSIS_ROOT} (letters, digits, '.', '_', '-')")
     if install:
         install_tools(cfg, name)
     lines: list[str] = []
@@ -103,7 +96,7 @@ def download(cfg: Config, name: str, remote_path: str, dest: Path, *, limit: int
     cfg = clients.resolve(cfg)
     path = remote_path if remote_path.startswith("/") else f"{ANALYSIS_ROOT}/{remote_path}"
     if ".." in PurePosixPath(path).parts:
-        raise OpsError(f"remote path {remote_path!r} must not contain '..'", code=2)
+        raise UsageError(f"remote path {remote_path!r} must not contain '..'")
     code, out = ssh.capture(cfg, name, f"stat -L -c '%F|%s' {ssh.rpath(path)}")
     if code == ssh.SSH_CONNECT_FAILED:
         raise OpsError(f"cannot reach {name} over ssh: {out.strip()[-200:]}")
@@ -112,11 +105,10 @@ def download(cfg: Config, name: str, remote_path: str, dest: Path, *, limit: int
     if code != 0 or not size_text.isdigit():
         raise OpsError(f"{name}:{path}: no such file")
     if kind == "directory":
-        raise OpsError(f"{name}:{path} is a folder; vm download copies single small files only: {how}", code=3)
+        raise Refused(f"{name}:{path} is a folder; vm download copies single small files only: {how}")
     size = int(size_text)
     if size > limit:
-        raise OpsError(f"{name}:{path} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit for scp: {how}",
-                       code=3)
+        raise Refused(f"{name}:{path} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit for scp: {how}")
     target = ssh.download(cfg, name, path, Path(dest))
     on_log(f"downloaded {name}:{path} -> {target} ({size} bytes)")
     return target

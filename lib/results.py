@@ -35,6 +35,8 @@ from lib import manifest, retry, safepaths, storage
 from lib.config import Config
 from lib.downloads import Tracker
 from lib.errors import OpsError
+from lib.log import Log, quiet
+from lib.units import human
 
 TREE_RE = re.compile(r".+_\d{8}-\d{6}")
 SETTLE_S = 120.0  # a tree whose newest object is younger than this may still be uploading
@@ -44,12 +46,7 @@ LARGE_OBJECT = 64 << 20  # objects at least this big are downloaded in slices ..
 SLICE = 16 << 20  # ... of this size, in parallel
 PARTIAL = ".ops-hpc-partial"  # staging folder inside --dir: same disk, so renames are atomic
 
-LogFn = Callable[[str], None]
 ProgressFn = Callable[[str, int, int], None]
-
-
-def _nolog(_: str) -> None:
-    pass
 
 
 def _noprogress(_: str, __: int, ___: int) -> None:
@@ -257,7 +254,7 @@ def pull(
     folder: Path,
     *,
     confirm: Callable[[Plan], bool] = lambda plan: True,
-    on_log: LogFn = _nolog,
+    on_log: Log = quiet,
     on_progress: ProgressFn = _noprogress,
     settle: float = SETTLE_S,
     workers: int = WORKERS,
@@ -315,7 +312,7 @@ def watch(
     interval: float = 60.0,
     sleep: Callable[[float], None] = time.sleep,
     max_polls: int | None = None,
-    on_log: LogFn = _nolog,
+    on_log: Log = quiet,
     on_report: Callable[[Report], None] = lambda report: None,
     **pull_options: Any,
 ) -> list[Report]:
@@ -479,7 +476,7 @@ class _Counter:
 
 
 def _pull_set(cfg: Config, folder: Path, s: ResultSet, tracker: Tracker, transfers: Transfers,
-              on_log: LogFn, on_progress: ProgressFn) -> Outcome:
+              on_log: Log, on_progress: ProgressFn) -> Outcome:
     out = Outcome(s.id, s.kind, "failed", files=len(s.objects), bytes=s.size)
     busy = tracker.claim(s.id, s.round)
     if busy:
@@ -804,9 +801,3 @@ def _compare_zip(cfg: Config, root: Path, obj: Obj) -> list[manifest.Difference]
     return diffs
 
 
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"

@@ -102,5 +102,19 @@ def policy(**overrides: Any) -> tenacity.Retrying:
 
 
 def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call `fn` under the policy; when it gives up, the original exception surfaces."""
+    """Call `fn` under the policy; when it gives up, the original exception surfaces.
+
+    For a composite attempt (several library calls that must be retried together);
+    a single client method goes through `google` instead.
+    """
     return policy()(fn, *args, **kwargs)
+
+
+def google(method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call one Google client method under the policy, with the library's own retry off."""
+    return call(method, *args, retry=None, **kwargs)
+
+
+def listing(method: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+    """Call a paged list method and read every page inside one retried attempt."""
+    return call(lambda: list(method(*args, retry=None, **kwargs)))

@@ -27,11 +27,11 @@ from lib.config import Config
 from lib.deadline import CHECK_S, Channel, Deadline, Watchdog
 from lib.errors import OpsError
 from lib.guard import VMGuard
+from lib.log import Log
 from lib.stage import new_run_id
 from lib.state import SessionState
 
 PID_DIR = "/tmp/ops-hpc/jobs"
-Log = Callable[[str], None]
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 
 from lib import storage
 from lib.config import Config
-from lib.errors import OpsError
+from lib.errors import Refused
 from lib.runstaged import latest_run_id, read_statuses
 
 
@@ -18,10 +18,10 @@ def run_log(cfg: Config, run_id: str | None = None, *, tail: int = 20) -> dict[s
     """{"run_id", "vms": {vm: status}, "models": {model: {"state", "seconds", "vm"}}, "log_model", "tail": [lines]}."""
     run_id = run_id or latest_run_id(cfg)
     if not run_id:
-        raise OpsError(f"no run-staged status in gs://{cfg.bucket_name}/_status/: nothing has run yet", code=3)
+        raise Refused(f"no run-staged status in gs://{cfg.bucket_name}/_status/: nothing has run yet")
     vms = read_statuses(cfg, run_id)
     if not vms:
-        raise OpsError(f"no status for run {run_id} in gs://{cfg.bucket_name}/_status/{run_id}/", code=3)
+        raise Refused(f"no status for run {run_id} in gs://{cfg.bucket_name}/_status/{run_id}/")
     models: dict[str, dict[str, Any]] = {}
     for vm, status in sorted(vms.items(), key=lambda kv: kv[1].get("updated", "")):
         for name, info in status.get("per_model", {}).items():

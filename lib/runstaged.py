@@ -21,27 +21,21 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib import clients, compute, retry, stage, storage
+from lib import clients, compute, paths, retry, stage, storage
 from lib.batches import parse_batch, shard_by_timeout
 from lib.config import Config
-from lib.errors import OpsError
+from lib.errors import OpsError, UsageError
+from lib.log import Log, quiet
+from lib.units import human
 
-REPO = Path(__file__).resolve().parents[1]
 FINAL = ("ok", "failed", "timeout")
 VM_DONE = ("done", "error", "upload_failed")
 LOCAL_IMAGE_LABEL = "ops-hpc-image"
 BUILT_BY = "opensees-hpc built"  # BUILD_INFO line that build_opensees_full.sh writes; the build pipeline's image description
-
-Log = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 # ----------------------------------------------------------------------------- status files
@@ -86,7 +80,7 @@ def latest_run_id(cfg: Config) -> str | None:
 # ----------------------------------------------------------------------------- the local image
 
 
-def ensure_local_image(cfg: Config, *, on_log: Log = _quiet, boot_timeout: float = 120.0) -> str:
+def ensure_local_image(cfg: Config, *, on_log: Log = quiet, boot_timeout: float = 120.0) -> str:
     """Name of an opensees-hpc image on the local cloud that has the `openseesmp` launcher, building one if needed.
 
     Uses issue 6's build pipeline (lib/build.py) when it exists; until then does the same steps itself: a VM
@@ -96,9 +90,9 @@ def ensure_local_image(cfg: Config, *, on_log: Log = _quiet, boot_timeout: float
     """
     cfg = clients.resolve(cfg)
     if not cfg.local:
-        raise OpsError("ensure_local_image is for the local cloud; on GCP build the image with `make build`", code=2)
+        raise UsageError("ensure_local_image is for the local cloud; on GCP build the image with `make build`")
     images = clients.images(cfg)
-    found = [i for i in retry.call(lambda: list(images.list(project=cfg.project, retry=None)))
+    found = [i for i in retry.listing(images.list, project=cfg.project)
              if i.family == cfg.image_family and i.status == "READY" and not i.deprecated.state
              and (dict(i.labels).get(LOCAL_IMAGE_LABEL) == "launcher" or (i.description or "").startswith(BUILT_BY))]
     if found:
@@ -115,7 +109,7 @@ def ensure_local_image(cfg: Config, *, on_log: Log = _quiet, boot_timeout: float
     from lib.guard import VMGuard
 
     name = f"ops-hpc-build-{uuid.uuid4().hex[:8]}"
-    script = (REPO / "vm-scripts" / "build_opensees_full.sh").read_text(encoding="utf-8")
+    script = paths.vm_script("build_opensees_full.sh").read_text(encoding="utf-8")
     spec = compute.plan_vm(cfg, name=name, kind="build", run_id=f"image-{name[-8:]}", startup_script=script)
     image_name = f"{cfg.image_family}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     on_log(f"building the local opensees-hpc image ({image_name}) with vm-scripts/build_opensees_full.sh")
@@ -127,7 +121,7 @@ def ensure_local_image(cfg: Config, *, on_log: Log = _quiet, boot_timeout: float
                        labels={LOCAL_IMAGE_LABEL: "launcher"},
                        description="opensees-hpc (local cloud stand-in: openseesmp runs python -m opensees)")
         request = c.InsertImageRequest(project=cfg.project, image_resource=body, request_id=str(uuid.uuid4()))
-        op = retry.call(images.insert, request=request, retry=None)
+        op = retry.google(images.insert, request=request)
         op.result(timeout=120)
         compute.delete_vm(cfg, name, on_log=on_log)
         guard.disarm()
@@ -140,7 +134,7 @@ def _wait_startup_exit(cfg: Config, name: str, timeout: float) -> None:
     client = clients.instances(cfg)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = retry.call(client.get_serial_port_output, project=cfg.project, zone=cfg.zone, instance=name, retry=None)
+        out = retry.google(client.get_serial_port_output, project=cfg.project, zone=cfg.zone, instance=name)
         text = out.contents or ""
         if "startup-script exit status" in text:
             if "startup-script exit status 0" not in text:
@@ -187,7 +181,7 @@ def _metadata(cfg: Config, run_id: str, models: list[str], all_models: int) -> d
 
 def launch(cfg: Config, run_id: str, description: dict[str, Any], shards: list[list[str]], *, spot: bool = False,
            image: str | None = None, machine_type: str | None = None, names: list[str] | None = None,
-           boot_timeout: float | None = None, on_log: Log = _quiet, state: Any = None) -> list[VmRun]:
+           boot_timeout: float | None = None, on_log: Log = quiet, state: Any = None) -> list[VmRun]:
     """Create one VM per shard, each guarded until it reports its first status; then they run on their own.
 
     Every VM is planned (machine type, image, quota) before any is created. If one fails to come up, every
@@ -200,7 +194,7 @@ def launch(cfg: Config, run_id: str, description: dict[str, Any], shards: list[l
     state = state or SessionState(cfg)
     timeouts = {m["name"]: int(m["timeout_min"]) for m in description["models"]}
     names = names or [stage.vm_name(run_id, i + 1 if len(shards) > 1 else None) for i in range(len(shards))]
-    script = (REPO / "vm-scripts" / "startup.sh").read_text(encoding="utf-8")
+    script = paths.vm_script("startup.sh").read_text(encoding="utf-8")
     specs = [compute.plan_vm(cfg, name=name, kind="analysis", run_id=run_id, image=image, spot=spot,
                              machine_type=machine_type, job_timeouts_min=[timeouts[m] for m in shard],
                              startup_script=script,
@@ -281,7 +275,7 @@ def _deletion(cfg: Config, vm: VmRun) -> tuple[float | None, str]:
 
     request = c.ListZoneOperationsRequest(project=cfg.project, zone=cfg.zone, filter=f'targetId = "{vm.id}"')
     try:
-        ops = retry.call(lambda: list(clients.zone_operations(cfg).list(request=request, retry=None)))
+        ops = retry.listing(clients.zone_operations(cfg).list, request=request)
     except Exception:
         return None, "unknown"
     ends = [o for o in ops if o.operation_type in ("delete", "compute.instances.preempted",
@@ -294,7 +288,7 @@ def _deletion(cfg: Config, vm: VmRun) -> tuple[float | None, str]:
 
 def follow(cfg: Config, run_id: str, description: dict[str, Any], runs: list[VmRun], *, results_dir: Path,
            spot_retries: int = 2, on_demand_fallback: bool = True, poll: float = 0.5, log_every: float = 2.0,
-           image: str | None = None, on_log: Log = _quiet, tail: bool = True, deadline_s: float | None = None,
+           image: str | None = None, on_log: Log = quiet, tail: bool = True, deadline_s: float | None = None,
            state: Any = None) -> Followed:
     """Follow a launched run to its end: progress, log tails, pull each result as it lands, handle preemption.
 
@@ -466,13 +460,6 @@ def summarize(cfg: Config, run_id: str, description: dict[str, Any], followed: F
 
 def format_table(rows: list[dict[str, Any]], vms: list[VmRun] | None = None) -> str:
     """The summary as a fixed-width text table (plus the VMs' total cost when known)."""
-    def human(n: int) -> str:
-        for unit in ("B", "KB", "MB", "GB"):
-            if n < 1024 or unit == "GB":
-                return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-            n /= 1024
-        return str(n)
-
     head = ("model", "state", "run time", "files", "size", "cost")
     body = [(r["model"], r["state"], f"{r['seconds']:.1f} s" if r["seconds"] is not None else "-", str(r["files"]),
              human(r["bytes"]), f"${r['cost']:.4f}" if r["cost"] is not None else "-") for r in rows]
@@ -502,7 +489,7 @@ def format_table(rows: list[dict[str, Any]], vms: list[VmRun] | None = None) -> 
 def run_staged(cfg: Config, batch_path: str | Path, *, wait: bool = False, vms: int = 1, spot: bool | None = None,
                results_dir: Path | None = None, image: str | None = None, machine_type: str | None = None,
                run_id: str | None = None, spot_retries: int = 2, on_demand_fallback: bool = True,
-               boot_timeout: float | None = None, tail: bool = True, on_log: Log = _quiet) -> dict[str, Any]:
+               boot_timeout: float | None = None, tail: bool = True, on_log: Log = quiet) -> dict[str, Any]:
     """stage -> launch (guarded until up) -> optional follow + pull + summary; returns everything measured.
 
     Returns {"run_id", "vms": [names], "wait", and with wait: "rows", "table", "lost", "relaunches",
@@ -546,8 +533,8 @@ def run_staged(cfg: Config, batch_path: str | Path, *, wait: bool = False, vms: 
 # ----------------------------------------------------------------------------- the demo
 
 
-def demo(state_dir: Path, results_dir: Path, batch: Path | str = REPO / "batches" / "example.txt", *,
-         on_log: Log = _quiet, tail: bool = False) -> dict[str, Any]:
+def demo(state_dir: Path, results_dir: Path, batch: Path | str = paths.REPO / "batches" / "example.txt", *,
+         on_log: Log = quiet, tail: bool = False) -> dict[str, Any]:
     """`make demo`: local cloud up -> image -> run-staged with wait -> verify ./results -> local cloud down.
 
     Uses its own state folder (the repo's .state/), never the user's, and no ops-hpc.toml or OPS_HPC_*

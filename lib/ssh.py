@@ -32,17 +32,14 @@ import tenacity
 
 from lib import clients, retry
 from lib.config import Config
-from lib.errors import OpsError
+from lib.errors import OpsError, UsageError
+from lib.log import Log, quiet
 
-Line = Callable[[str], None]
+Line = Log  # one line of remote output
 SSH_CONNECT_FAILED = 255  # ssh's own exit status when it never reached the remote command
 IAP_RANGE = "35.235.240.0/20"
 GCLOUD_HINT = ("the gcloud CLI is needed for ssh/scp to GCP VMs: install the Google Cloud SDK "
                "(https://cloud.google.com/sdk/docs/install) and run `gcloud auth login`")
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 class SshConnectionError(OpsError):
@@ -56,7 +53,7 @@ def gcloud_executable() -> str:
     """gcloud on PATH (gcloud.cmd on Windows), or a message saying how to get it."""
     found = shutil.which("gcloud")
     if not found:
-        raise OpsError(GCLOUD_HINT, code=2)
+        raise UsageError(GCLOUD_HINT)
     return found
 
 
@@ -128,7 +125,7 @@ def _local_env(info: dict[str, Any]) -> dict[str, str]:
 def _local_path(info: dict[str, Any], remote: str) -> Path:
     posix = PurePosixPath(remote)
     if not posix.is_absolute() or ".." in posix.parts:
-        raise OpsError(f"remote path {remote!r}: expected an absolute path without '..'", code=2)
+        raise UsageError(f"remote path {remote!r}: expected an absolute path without '..'")
     return Path(info["disk"], *posix.parts[1:])
 
 
@@ -184,7 +181,7 @@ def _retry_connect(fn: Callable[[], Any]) -> Any:
     return retry.policy(retry=tenacity.retry_if_exception_type(SshConnectionError))(fn)
 
 
-def run_idempotent(cfg: Config, name: str, command: str, *, on_line: Line = _quiet) -> int:
+def run_idempotent(cfg: Config, name: str, command: str, *, on_line: Line = quiet) -> int:
     """Run a command that is harmless to repeat (mkdir -p, a probe), retrying connection failures."""
     def attempt() -> int:
         lines: list[str] = []
@@ -207,12 +204,12 @@ def _scp(cfg: Config, argv: list[str], what: str) -> None:
     _retry_connect(attempt)
 
 
-def upload(cfg: Config, name: str, sources: Sequence[Path], remote_dir: str, *, on_log: Line = _quiet) -> None:
+def upload(cfg: Config, name: str, sources: Sequence[Path], remote_dir: str, *, on_log: Line = quiet) -> None:
     """Copy local files/folders into remote_dir (created first); retried only on connection failures."""
     sources = [Path(s) for s in sources]
     missing = [str(s) for s in sources if not s.exists()]
     if missing:
-        raise OpsError(f"cannot upload {', '.join(missing)}: not found", code=2)
+        raise UsageError(f"cannot upload {', '.join(missing)}: not found")
     on_log(f"uploading {len(sources)} item(s) to {name}:{remote_dir}")
     if cfg.local:
         info = local_vm(cfg, name)
@@ -263,11 +260,11 @@ def oslogin_enabled(cfg: Config, name: str) -> tuple[bool, str]:
                 return str(item.value).strip().lower()
         return None
 
-    inst = retry.call(clients.instances(cfg).get, project=cfg.project, zone=cfg.zone, instance=name, retry=None)
+    inst = retry.google(clients.instances(cfg).get, project=cfg.project, zone=cfg.zone, instance=name)
     value = flag(inst.metadata.items)
     if value is not None:
         return value in ("true", "1", "yes"), "instance metadata"
-    project = retry.call(clients.compute_client("ProjectsClient", cfg).get, project=cfg.project, retry=None)
+    project = retry.google(clients.compute_client("ProjectsClient", cfg).get, project=cfg.project)
     value = flag(project.common_instance_metadata.items)
     if value is not None:
         return value in ("true", "1", "yes"), "project metadata"
@@ -290,7 +287,7 @@ def ssh_hints(cfg: Config, name: str) -> str:
     return "; ".join(hints)
 
 
-def wait_for_ssh(cfg: Config, name: str, timeout: float = 300.0, *, on_log: Line = _quiet, interval: float = 5.0,
+def wait_for_ssh(cfg: Config, name: str, timeout: float = 300.0, *, on_log: Line = quiet, interval: float = 5.0,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> float:
     """Probe with `true` until the VM answers; returns the seconds waited, or a clear OpsError after `timeout`."""
     started = clock()

@@ -18,30 +18,22 @@ import json
 import secrets
 import tempfile
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib import storage
+from lib import paths, storage
 from lib.batches import Batch, Model
 from lib.config import Config
-from lib.errors import OpsError
+from lib.errors import UsageError
+from lib.log import Log, quiet
 
-REPO = Path(__file__).resolve().parents[1]
-VM_SCRIPTS = ("lib.sh", "run_analysis.sh")
 UPLOADS = "_uploads"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # earlier results a model folder may hold: never staged as input
 SKIP_FILES = {"MANIFEST.json", "opensees.log", "download_state.json"}
 SKIP_SUFFIXES = (".zip", ".part", ".pyc")
 SKIP_DIRS = {"__pycache__", "results"}
-
-Log = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -54,8 +46,7 @@ def check_run_id(run_id: str) -> str:
     import re
 
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{2,40}", run_id or ""):
-        raise OpsError(f"run id {run_id!r}: use 3-41 lowercase letters, digits and '-' (e.g. run-20260121-093000-ab12)",
-                       code=2)
+        raise UsageError(f"run id {run_id!r}: use 3-41 lowercase letters, digits and '-' (e.g. run-20260121-093000-ab12)")
     return run_id
 
 
@@ -135,7 +126,7 @@ def _upload(cfg: Config, path: Path, name: str, content_type: str, staged: Stage
     return crc
 
 
-def stage(cfg: Config, batch: Batch, *, run_id: str | None = None, on_log: Log = _quiet) -> Staged:
+def stage(cfg: Config, batch: Batch, *, run_id: str | None = None, on_log: Log = quiet) -> Staged:
     """Zip and upload every model of `batch` (and the VM scripts) under _uploads/RUN_ID/; batch.json last."""
     run_id = check_run_id(run_id or new_run_id())
     storage.ensure_bucket(cfg, on_log)
@@ -151,10 +142,10 @@ def stage(cfg: Config, batch: Batch, *, run_id: str | None = None, on_log: Log =
             size = zpath.stat().st_size
             on_log(f"staged {model.name}: {count} file(s), {size} bytes -> gs://{cfg.bucket_name}/{name}")
             models.append({**model.to_json(), "zip": name, "crc32c": crc, "size": size, "files": count})
-        for script in VM_SCRIPTS:
-            _upload(cfg, REPO / "vm-scripts" / script, f"{base}vm-scripts/{script}", "text/x-shellscript", staged)
+        for script in paths.STAGED_SCRIPTS:
+            _upload(cfg, paths.vm_script(script), f"{base}vm-scripts/{script}", "text/x-shellscript", staged)
     description = {"format": 1, "run_id": run_id, "batch": batch.path.name, "models": models,
-                   "vm_scripts": [f"{base}vm-scripts/{s}" for s in VM_SCRIPTS]}
+                   "vm_scripts": [f"{base}vm-scripts/{s}" for s in paths.STAGED_SCRIPTS]}
     old = load_description(cfg, run_id)
     if old is not None and {k: v for k, v in old.items() if k != "created"} == description:
         staged.unchanged.append(f"{base}batch.json")

@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lib import jsonfile
 from lib.config import Config
+from lib.log import Log
 
 STATE_FILE = "session_state.json"
 VERSION = 1
 # A registration younger than this whose owner still runs may be mid-create: not "gone" yet.
 CREATING_GRACE_S = 600.0
 HISTORY_KEEP_S = 40 * 86400  # machine types of past VMs, for `status --usage` (30 days)
-
-Log = Callable[[str], None]
 
 
 def _owner() -> dict[str, Any]:

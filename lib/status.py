@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
 from typing import Any
 
 from lib import clients, compute, pricing, retry, storage
 from lib.config import Config
+from lib.log import Log
 from lib.state import SessionState
 
 UPTIME = "compute.googleapis.com/instance/uptime"
-Log = Callable[[str], None]
 
 
 def image_info(cfg: Config) -> dict[str, Any] | None:
@@ -84,7 +83,7 @@ def usage(cfg: Config, *, days: int = 30, now: float | None = None) -> dict[str,
                                               per_series_aligner=monitoring_v3.Aggregation.Aligner.ALIGN_SUM),
         view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
     )
-    series = retry.call(lambda: list(client.list_time_series(request=request, retry=None)))
+    series = retry.listing(client.list_time_series, request=request)
     live = {vm["name"]: vm for vm in compute.list_vms(cfg, ours_only=False)}
     history = SessionState(cfg).history()
     per_vm: dict[str, dict[str, Any]] = {}

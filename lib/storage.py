@@ -10,7 +10,7 @@ can never overwrite or delete something newer.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import google_crc32c
 from lib import clients, retry
 from lib.config import Config
 from lib.errors import OpsError
+from lib.log import Log, quiet
 
 CHUNK = 8 << 20
 
@@ -40,13 +41,13 @@ def bucket(cfg: Config) -> Any:
     return client(cfg).bucket(cfg.bucket_name)
 
 
-def ensure_bucket(cfg: Config, on_log: Callable[[str], None] = lambda _: None) -> bool:
+def ensure_bucket(cfg: Config, on_log: Log = quiet) -> bool:
     """Create the bucket if missing, with uniform access and public access prevention; True if created."""
     from google.api_core import exceptions as gexc
 
     gcs = client(cfg)
     try:
-        retry.call(gcs.get_bucket, cfg.bucket_name, retry=None)
+        retry.google(gcs.get_bucket, cfg.bucket_name)
         return False
     except gexc.NotFound:
         pass
@@ -57,7 +58,7 @@ def ensure_bucket(cfg: Config, on_log: Callable[[str], None] = lambda _: None) -
     b.iam_configuration.uniform_bucket_level_access_enabled = True
     b.iam_configuration.public_access_prevention = "enforced"
     try:
-        retry.call(gcs.create_bucket, b, location=cfg.region_name, retry=None)
+        retry.google(gcs.create_bucket, b, location=cfg.region_name)
     except gexc.Conflict:
         return False  # created meanwhile by a concurrent call: same outcome
     on_log(f"created bucket gs://{cfg.bucket_name} (uniform access, public access prevention enforced)")
@@ -74,7 +75,7 @@ def list_blobs(cfg: Config, prefix: str = "", *, delimiter: str | None = None) -
 
 def get_blob(cfg: Config, name: str) -> Any | None:
     """The object's metadata, or None if absent."""
-    return retry.call(bucket(cfg).get_blob, name, retry=None)
+    return retry.google(bucket(cfg).get_blob, name)
 
 
 def upload_file(cfg: Config, path: Path, name: str, *, content_type: str | None = None, skip_same: bool = True) -> Any:
@@ -85,8 +86,8 @@ def upload_file(cfg: Config, path: Path, name: str, *, content_type: str | None 
         return existing
     blob = bucket(cfg).blob(name)
     generation = existing.generation if existing is not None else 0
-    retry.call(blob.upload_from_filename, str(path), content_type=content_type, if_generation_match=generation,
-               checksum="crc32c", retry=None)
+    retry.google(blob.upload_from_filename, str(path), content_type=content_type, if_generation_match=generation,
+               checksum="crc32c")
     return blob
 
 
@@ -108,7 +109,7 @@ def download_bytes(cfg: Config, name: str) -> bytes | None:
     from google.api_core import exceptions as gexc
 
     try:
-        return retry.call(bucket(cfg).blob(name).download_as_bytes, retry=None, checksum="crc32c")
+        return retry.google(bucket(cfg).blob(name).download_as_bytes, checksum="crc32c")
     except gexc.NotFound:
         return None
 

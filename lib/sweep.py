@@ -24,15 +24,14 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from lib import clients, compute
+from lib import clients, compute, paths
 from lib.config import Config
+from lib.log import Log
 from lib.state import SessionState, reconcile
 
-REPO = Path(__file__).resolve().parents[1]
 LOCK_FILE = "sweep.lock"
 LOG_FILE = "sweep.log"
 TASK_NAME = "ops-hpc-sweep"
-Log = Callable[[str], None]
 
 
 def _zones(cfg: Config) -> list[str]:
@@ -110,7 +109,7 @@ def sweep(cfg: Config, *, grace_min: int | None = None, dry_run: bool = False, p
 
 def run_pull(cfg: Config, *, dry_run: bool = False, on_log: Log = print) -> dict[str, Any]:
     """The unattended pull (bin/pull --yes), as a subprocess so a failing pull cannot break the sweep."""
-    script = REPO / "bin" / "pull"
+    script = paths.BIN / "pull"
     if not script.exists():
         on_log("pull: bin/pull is not installed; skipped")
         return {"ran": False, "reason": "bin/pull missing"}
@@ -129,7 +128,7 @@ def run_pull(cfg: Config, *, dry_run: bool = False, on_log: Log = print) -> dict
 # ----------------------------------------------------------------------------- scheduling
 
 
-def cron_line(repo: Path = REPO, state_dir: Path | None = None, *, python: str | None = None) -> str:
+def cron_line(repo: Path = paths.REPO, state_dir: Path | None = None, *, python: str | None = None) -> str:
     """The crontab line: every 5 minutes, from the repo, appending to STATE/sweep.log."""
     state = Path(state_dir) if state_dir else Path("~/.local/state/ops-hpc")
     py = python or ".venv/bin/python"
@@ -137,7 +136,7 @@ def cron_line(repo: Path = REPO, state_dir: Path | None = None, *, python: str |
             f">> {shlex.quote(str(state / LOG_FILE))} 2>&1")
 
 
-def schtasks_command(repo: Path = REPO, state_dir: Path | None = None) -> list[str]:
+def schtasks_command(repo: Path = paths.REPO, state_dir: Path | None = None) -> list[str]:
     """The Task Scheduler command as argv: every 5 minutes, pythonw (no console window flashing) running
     bin\\sweep, which appends to STATE\\sweep.log itself (no cmd.exe redirection to quote)."""
     repo = PureWindowsPath(repo)
@@ -149,7 +148,7 @@ def schtasks_command(repo: Path = REPO, state_dir: Path | None = None) -> list[s
     return ["schtasks", "/Create", "/SC", "MINUTE", "/MO", "5", "/TN", TASK_NAME, "/TR", action, "/F"]
 
 
-def schtasks_line(repo: Path = REPO, state_dir: Path | None = None) -> str:
+def schtasks_line(repo: Path = paths.REPO, state_dir: Path | None = None) -> str:
     """schtasks_command as one line to paste into cmd.exe (quotes inside /TR escaped as \\")."""
     argv = schtasks_command(repo, state_dir)
     tr = argv[-2].replace('"', '\\"')
@@ -160,8 +159,8 @@ def install(cfg: Config, *, yes: bool = False, windows: bool | None = None, on_l
     """Print the schedule entry; with yes=True install it (crontab: only if absent; schtasks: /F replaces)."""
     windows = (os.name == "nt") if windows is None else windows
     if windows:
-        argv = schtasks_command(REPO, cfg.state_path)
-        line = schtasks_line(REPO, cfg.state_path)
+        argv = schtasks_command(paths.REPO, cfg.state_path)
+        line = schtasks_line(paths.REPO, cfg.state_path)
         on_log(line)
         if not yes:
             on_log("(not installed: rerun with --yes to create the task)")
@@ -171,7 +170,7 @@ def install(cfg: Config, *, yes: bool = False, windows: bool | None = None, on_l
             raise _install_error(proc)
         on_log(f"installed Task Scheduler task {TASK_NAME}")
         return {"line": line, "installed": True}
-    line = cron_line(REPO, cfg.state_path)
+    line = cron_line(paths.REPO, cfg.state_path)
     on_log(line)
     if not yes:
         on_log("(not installed: rerun with --yes to add it to your crontab)")

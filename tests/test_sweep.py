@@ -10,7 +10,7 @@ from pathlib import PureWindowsPath
 import pytest
 from filelock import FileLock
 
-from lib import compute, sweep
+from lib import compute, paths, sweep
 from tests.helpers import run_bin
 from tests.vm_helpers import vm_env
 
@@ -107,7 +107,7 @@ def test_install_prints_then_installs_once_with_a_fake_crontab(tmp_path, localcl
     (fake / "crontab").chmod((fake / "crontab").stat().st_mode | stat.S_IEXEC)
     env = localcloud.env(state_dir=str(tmp_path / "state"))
     env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
-    expected = sweep.cron_line(sweep.REPO, tmp_path / "state")
+    expected = sweep.cron_line(paths.REPO, tmp_path / "state")
 
     shown = run_bin("sweep", "--install", env=env)
     assert shown.returncode == 0 and expected in shown.stdout and not book.exists()
