@@ -22,7 +22,7 @@ RUN ?=
 
 .PHONY: help venv lock lint test demo localcloud-up localcloud-down localcloud-status \
 	build run run-staged stage pull watch verify status setup cleanup sweep log monitor \
-	extend abort emergency stop-vm bench-pull bench
+	extend abort emergency stop-vm bench-pull bench report-shot
 
 help:  ## list the jobs
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 20
@@ -89,6 +89,8 @@ emergency: venv  ## push whatever is on VM NAME's disk to the bucket now
 	$(INVOKE) emergency --name $(NAME)
 stop-vm: venv  ## delete VM NAME now
 	$(INVOKE) stop-vm --name $(NAME)
+report-shot: venv  ## rebuild the newest run's report in DIR, check it in headless Chromium, save DIR/report-shot.png
+	$(PYTHON) bin/report --dir $(DIR) --screenshot $(DIR)/report-shot.png
 
 bench-pull: venv  ## benchmark bin/pull against gcloud storage rsync (not part of make test)
 	$(PYTHON) -m pytest -q -s tests/bench/bench_pull.py
