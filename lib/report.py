@@ -162,7 +162,7 @@ def _model(run: Path, name: str, known: dict[str, Any], out: Path, pairs: list[p
         "cores": known.get("cores"), "cost": known.get("cost"), "vm": (man or {}).get("vm") or known.get("vm"),
         "files": len(files), "bytes": sum(f["size"] for f in files), "exit_code": (man or {}).get("exit_code"),
         "started": (man or {}).get("started"), "finished": (man or {}).get("finished"),
-        "log": f"{name}/{LOG_NAME}" if (folder / LOG_NAME).is_file() else None,
+        "log": f"{name}/{LOG_NAME}" if (folder / LOG_NAME).is_file() else None, "folder": folder.is_dir(),
     }
     report = ModelReport(name, row, notes=notes)
     if not folder.is_dir():
@@ -323,7 +323,7 @@ def _model_section(m: ModelReport) -> list[str]:
     r = m.row
     facts = [f"exit code {r['exit_code']}" if r["exit_code"] is not None else "",
              f"started {r['started']}" if r["started"] else "", f"finished {r['finished']}" if r["finished"] else "",
-             f"folder <a href=\"{quote(m.name)}/\">{_esc(m.name)}/</a>"]
+             f"folder <a href=\"{quote(m.name)}/\">{_esc(m.name)}/</a>" if r["folder"] else ""]
     out = [f"<section id=\"m-{quote(m.name)}\"><h2>{_esc(m.name)} "
            f"<span class=\"state {_esc(r['state'])}\">{_esc(r['state'])}</span></h2>",
            f"<p class=\"meta\">{' &middot; '.join(f for f in facts if f)}</p>"]

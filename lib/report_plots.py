@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from lib.units import human
+
 MAX_BYTES = 256 << 20  # larger recorder files are listed, not plotted
 MAX_POINTS = 4000  # rows drawn per curve at most (min/max buckets keep the peaks)
 MAX_PANELS = 16  # columns drawn per file; more are named in a note
@@ -88,7 +90,7 @@ def read_table(path: Path, rel: str, *, max_bytes: int = MAX_BYTES) -> Table | s
     if size == 0:
         return "empty"
     if size > max_bytes:
-        return f"too large to plot ({size / 2**20:.0f} MB; the limit is {max_bytes / 2**20:.0f} MB)"
+        return f"too large to plot ({human(size)}; the limit is {human(max_bytes)})"
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
@@ -102,8 +104,9 @@ def read_table(path: Path, rel: str, *, max_bytes: int = MAX_BYTES) -> Table | s
     del text
     chunks: list[Any] = []
     rows: list[list[str]] = []
+    where: list[int] = []  # the line number of each row, for messages
     names: list[str] | None = None
-    first = width = done = 0
+    first = width = 0
     for number, line in enumerate(lines, 1):
         tokens = _floats(line)
         if not tokens:
@@ -111,21 +114,24 @@ def read_table(path: Path, rel: str, *, max_bytes: int = MAX_BYTES) -> Table | s
         if not width:
             width, first = len(tokens), number
             if all(not _numeric(t) for t in tokens):
-                names = tokens  # a header line: column names
+                names = tokens  # column names, if numbers of the same width follow
                 continue
-        if len(tokens) != width:
+        if len(tokens) != width or (names and not rows and not chunks and not all(map(_numeric, tokens))):
+            if names and not rows and not chunks:  # the "header" was the start of a text file
+                return f"not numeric (line {first}: {line_text(lines[first - 1])!r})"
+            if not all(map(_numeric, tokens)):
+                return f"not numeric (line {number}: {line_text(line)!r})"
             return f"ragged columns (line {number} has {len(tokens)} values, line {first} has {width})"
         rows.append(tokens)
+        where.append(number)
         if len(rows) == _CHUNK:
-            chunk = _to_array(rows, done)
+            chunk = _to_array(rows, where, lines)
             if isinstance(chunk, str):
                 return chunk
             chunks.append(chunk)
-            done += len(rows)
-            rows = []
-    lines.clear()
+            rows, where = [], []
     if rows:
-        chunk = _to_array(rows, done)
+        chunk = _to_array(rows, where, lines)
         if isinstance(chunk, str):
             return chunk
         chunks.append(chunk)
@@ -140,13 +146,19 @@ def read_table(path: Path, rel: str, *, max_bytes: int = MAX_BYTES) -> Table | s
     return Table(rel, labels, data, int(data.shape[0]))
 
 
-def _to_array(rows: list[list[str]], done: int) -> Any:
-    """Rows of number strings as floats, or 'not numeric' naming the first bad row."""
+def _to_array(rows: list[list[str]], where: list[int], lines: list[str]) -> Any:
+    """Rows of number strings as floats, or 'not numeric' naming the first bad line."""
     try:
         return np.array(rows, dtype=float)
     except ValueError:
         bad = next(i for i, r in enumerate(rows) if not all(_numeric(t) for t in r))
-        return f"not numeric (row {done + bad + 1}: {' '.join(rows[bad])[:40]!r})"
+        return f"not numeric (line {where[bad]}: {line_text(lines[where[bad] - 1])!r})"
+
+
+def line_text(line: str) -> str:
+    """A line as quoted in a note: stripped, at most 40 characters."""
+    line = line.strip()
+    return line if len(line) <= 40 else line[:39] + "…"
 
 
 def _numeric(token: str) -> bool:
