@@ -119,6 +119,23 @@ def write_report(results_dir: Path, run_id: str, *, rows: Iterable[dict[str, Any
     return run / INDEX
 
 
+def refresh_after_pull(results_dir: Path, set_ids: Iterable[str], *, on_log: Log = quiet) -> list[Path]:
+    """Rebuild the report of every run a pull just brought sets of ("RUN/MODEL" ids; other ids are not runs).
+
+    A report that cannot be written is one line through on_log, never an error: the results are safe
+    on disk whatever happens to their pictures.
+    """
+    written = []
+    for run_id in sorted({i.split("/", 1)[0] for i in set_ids if "/" in i}):
+        try:
+            written.append(write_report(Path(results_dir), run_id))
+        except Exception as exc:  # the pull succeeded; only the report is missing
+            on_log(f"report of {run_id} not written: {exc}")
+            continue
+        on_log(f"report: {written[-1]}")
+    return written
+
+
 def _pairs(spec: dict[str, list[str | plots.Pair]]) -> dict[str, list[plots.Pair]]:
     out: dict[str, list[plots.Pair]] = {}
     for model, items in spec.items():

@@ -302,3 +302,13 @@ def test_bin_report_rebuilds_the_newest_run_and_refuses_bad_input(light):
     assert missing.returncode == 2 and "no pulled results for run 'run-nope'" in missing.stderr
     shot = run_bin("report", RUN, "--dir", str(light), "--screenshot", str(light / "s.png"), env=env)
     assert shot.returncode == 2 and "install Chromium" in shot.stderr and not (light / "s.png").exists()
+
+
+def test_after_a_pull_each_run_gets_its_report_and_a_failure_is_only_a_line(light):
+    logs = []
+    (light / "lone").mkdir()  # a legacy tree set id has no run folder above it: not a run
+    written = report.refresh_after_pull(light, [f"{RUN}/frame_pushover", f"{RUN}/truss_transient", "lone",
+                                                "run-gone/m"], on_log=logs.append)
+    assert written == [light / RUN / "index.html"] and written[0].is_file()
+    assert logs == [f"report: {written[0]}", f"report of run-gone not written: {light / 'run-gone'} is not a folder: "
+                    "no pulled results for run 'run-gone'"]
