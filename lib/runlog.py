@@ -11,7 +11,7 @@ from typing import Any
 from lib import storage
 from lib.config import Config
 from lib.errors import Refused
-from lib.runstaged import latest_run_id, read_statuses
+from lib.runstatus import latest_run_id, read_statuses
 
 
 def run_log(cfg: Config, run_id: str | None = None, *, tail: int = 20) -> dict[str, Any]:

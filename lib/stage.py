@@ -99,6 +99,30 @@ def zip_model(model: Model, dest: Path) -> int:
     return len(files)
 
 
+@dataclass(frozen=True)
+class StagedModel:
+    """One model entry of batch.json: what the VM runs and how it checks the staged zip."""
+
+    name: str
+    main: str
+    cores: int
+    timeout_min: int
+    zip: str = ""
+    crc32c: str = ""
+    size: int = 0
+    files: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "main": self.main, "cores": self.cores, "timeout_min": self.timeout_min,
+                "zip": self.zip, "crc32c": self.crc32c, "size": self.size, "files": self.files}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StagedModel:
+        return cls(name=str(data["name"]), main=str(data.get("main", "main.tcl")), cores=int(data.get("cores", 1)),
+                   timeout_min=int(data["timeout_min"]), zip=str(data.get("zip", "")),
+                   crc32c=str(data.get("crc32c", "")), size=int(data.get("size", 0)), files=int(data.get("files", 0)))
+
+
 @dataclass
 class Staged:
     """What staging produced: the run id and the batch description the VM reads."""
@@ -110,8 +134,8 @@ class Staged:
     unchanged: list[str] = field(default_factory=list)
 
     @property
-    def models(self) -> list[dict[str, Any]]:
-        return self.description["models"]
+    def models(self) -> list[StagedModel]:
+        return [StagedModel.from_json(m) for m in self.description["models"]]
 
 
 def _upload(cfg: Config, path: Path, name: str, content_type: str, staged: Staged) -> str:
@@ -141,7 +165,8 @@ def stage(cfg: Config, batch: Batch, *, run_id: str | None = None, on_log: Log =
             crc = _upload(cfg, zpath, name, "application/zip", staged)
             size = zpath.stat().st_size
             on_log(f"staged {model.name}: {count} file(s), {size} bytes -> gs://{cfg.bucket_name}/{name}")
-            models.append({**model.to_json(), "zip": name, "crc32c": crc, "size": size, "files": count})
+            models.append(StagedModel(model.name, model.main, model.cores, model.timeout_min, name, crc, size,
+                                      count).to_json())
         for script in paths.STAGED_SCRIPTS:
             _upload(cfg, paths.vm_script(script), f"{base}vm-scripts/{script}", "text/x-shellscript", staged)
     description = {"format": 1, "run_id": run_id, "batch": batch.path.name, "models": models,
