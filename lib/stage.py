@@ -168,7 +168,8 @@ def stage(cfg: Config, batch: Batch, *, run_id: str | None = None, on_log: Log =
             models.append(StagedModel(model.name, model.main, model.cores, model.timeout_min, name, crc, size,
                                       count).to_json())
         for script in paths.STAGED_SCRIPTS:
-            _upload(cfg, paths.vm_script(script), f"{base}vm-scripts/{script}", "text/x-shellscript", staged)
+            kind = "text/x-python" if script.endswith(".py") else "text/x-shellscript"
+            _upload(cfg, paths.vm_script(script), f"{base}vm-scripts/{script}", kind, staged)
     description = {"format": 1, "run_id": run_id, "batch": batch.path.name, "models": models,
                    "vm_scripts": [f"{base}vm-scripts/{s}" for s in paths.STAGED_SCRIPTS]}
     old = load_description(cfg, run_id)
