@@ -72,3 +72,15 @@ def test_bin_stage_prints_run_id_and_refuses_bad_batch(localcloud, tmp_path):
     assert bad.returncode == 2
     assert f"{batch}:3:" in bad.stderr and f"{batch}:4:" in bad.stderr
     assert len(storage.list_blobs(localcloud.config(bucket=name), "_uploads/")) == 5  # nothing more uploaded
+
+
+def test_a_symlinked_main_inside_the_folder_is_staged_as_its_file(tmp_path):
+    folder = tmp_path / "m"
+    (folder / "variants").mkdir(parents=True)
+    (folder / "variants" / "a.tcl").write_text("puts a\n")
+    (folder / "main.tcl").symlink_to("variants/a.tcl")
+    (folder / "elsewhere.tcl").symlink_to(tmp_path / "nowhere.tcl")  # dangling: skipped
+    (folder / "loop").symlink_to(folder / "loop")  # a loop: skipped, no traceback
+    files = dict(stage.model_files(folder))
+    assert sorted(files) == ["main.tcl", "variants/a.tcl"]
+    assert files["main.tcl"].read_text() == "puts a\n"
