@@ -217,3 +217,148 @@ def test_demo_pipeline_end_to_end_leaves_nothing_behind(tmp_path):
             assert (folder / "output" / name).stat().st_size > 0
     (vm,) = out["vms"]
     assert out["upload_to_delete_s"][vm] < 30 and out["overhead_s"] >= 0
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _status(cfg, run_id: str, vm: str) -> dict:
+    return runstatus.read_statuses(cfg, run_id).get(vm, {})
+
+
+def test_refused_or_interrupted_runs_leave_no_staged_inputs(cfg, image, tmp_path, monkeypatch):
+    from lib.errors import UsageError
+
+    base = tmp_path / "batch"
+    _tcl(base, "m", "puts hi\n")
+    _tcl(base, "n", "puts hi\n")
+    (base / "batch.txt").write_text("m timeout=1\nn timeout=1\n")
+    with pytest.raises(UsageError, match="at least 1"):
+        runstaged.run_staged(cfg, base / "batch.txt", vms=0, image=image)
+    (base / "long.txt").write_text("m timeout=200000\n")  # beyond Compute Engine's 120-day max run duration
+    with pytest.raises(UsageError, match="120-day"):
+        runstaged.run_staged(cfg, base / "long.txt", image=image)
+    assert not storage.list_blobs(cfg, "_uploads/")
+    zipped: list[str] = []
+    real = stage.zip_model
+
+    def ctrl_c_on_the_second(model, dest):
+        zipped.append(model.name)
+        if len(zipped) == 2:
+            raise KeyboardInterrupt
+        return real(model, dest)
+
+    monkeypatch.setattr(stage, "zip_model", ctrl_c_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        runstaged.run_staged(cfg, base / "batch.txt", image=image)
+    assert zipped == ["m", "n"] and not storage.list_blobs(cfg, "_uploads/")  # the first model's upload is gone
+
+
+def test_a_startup_script_that_dies_gets_its_vm_deleted_within_seconds(cfg, image):
+    run_id = stage.new_run_id()  # never staged: startup.sh finds no vm-scripts to run
+    model = stage.StagedModel(name="m", main="main.tcl", cores=1, timeout_min=1)
+    name = stage.vm_name(run_id)
+    t0 = time.monotonic()
+    with pytest.raises(OpsError, match="failed to start the run|startup script ended"):
+        runstaged.launch(cfg, run_id, [[model]], image=image, machine_type=SMALL, boot_timeout=60)
+    lived = time.monotonic() - t0
+    assert compute.get_vm(cfg, name) is None
+    status = _status(cfg, run_id, name)
+    assert status["state"] == "error" and "vm-scripts/lib.sh" in status["error"]
+    print(f"\nFIGURE startup script died: launch returned and VM deleted {lived:.1f} s after the launch began")
+    assert lived < 30
+
+
+def test_a_vm_whose_self_delete_is_refused_is_deleted_by_the_follower(cfg, image, tmp_path, faults):
+    base = tmp_path / "batch"
+    _tcl(base, "m", "puts hi\n")
+    (base / "batch.txt").write_text("m timeout=2\n")
+    run_id = stage.new_run_id()
+    name = stage.vm_name(run_id)
+    faults("compute", "http:403", count=1, match=f"^DELETE .*/instances/{name}$")  # the VM's own delete only
+    logs: list[str] = []
+    out = runstaged.run_staged(cfg, base / "batch.txt", wait=True, run_id=run_id, results_dir=tmp_path / "r",
+                               image=image, on_log=logs.append, tail=False)
+    assert {r["model"]: r["state"] for r in out.rows} == {"m": "ok"}
+    assert any("self-delete was refused" in line for line in logs), "\n".join(logs)
+    assert compute.get_vm(cfg, name) is None and out.deleted_how[name] == "delete"
+    print(f"\nFIGURE self-delete refused: VM deleted {out.upload_to_delete_s[name]:.1f} s after its last upload")
+    assert out.upload_to_delete_s[name] < 30
+
+
+def test_a_result_whose_upload_fails_for_good_is_rescued_before_the_vm_is_deleted(cfg, image, tmp_path, faults):
+    base = tmp_path / "batch"
+    _tcl(base, "m", SLOW_TCL.format(ms=200))
+    (base / "batch.txt").write_text("m timeout=2\n")
+    run_id = stage.new_run_id()
+    name = stage.vm_name(run_id)
+    faults("storage", "http:403", count=10_000, match=f"uploadType=media&name={run_id}%2Fm\\.zip")
+    logs: list[str] = []
+    seen: dict[str, float] = {}
+
+    def on_log(line: str) -> None:
+        logs.append(line)
+        for key, text in (("stranded", "reports stranded result"), ("gone", f"{name}: was deleted by ops-hpc")):
+            if text in line:
+                seen.setdefault(key, time.time())
+
+    out = runstaged.run_staged(cfg, base / "batch.txt", wait=True, run_id=run_id, results_dir=tmp_path / "r",
+                               image=image, on_log=on_log, tail=False)
+    assert {r["model"]: r["state"] for r in out.rows} == {"m": "ok"}, "\n".join(logs)
+    assert (tmp_path / "r" / run_id / "m" / "output" / "done.out").exists()
+    print(f"\nFIGURE stranded result: VM deleted {seen['gone'] - seen['stranded']:.1f} s after it reported the "
+          "stranded result (rescued first)")
+    assert any(f"rescued {name}:" in line for line in logs), "\n".join(logs)
+    assert compute.get_vm(cfg, name) is None and not out.lost
+    stranded_at = next(i for i, line in enumerate(logs) if "reports stranded result" in line)
+    assert stranded_at < next(i for i, line in enumerate(logs) if f"deleting VM {name}" in line or
+                              f"deleted VM {name}" in line or f"{name}: was deleted" in line)
+
+
+def test_a_stranded_result_is_retried_by_the_vm_until_it_uploads(cfg, image, localcloud, tmp_path, faults):
+    base = tmp_path / "batch"
+    _tcl(base, "m", "puts hi\n")
+    (base / "batch.txt").write_text("m timeout=2\n")
+    run_id = stage.new_run_id()
+    name = stage.vm_name(run_id)
+    faults("storage", "http:403", count=10_000, match=f"uploadType=media&name={run_id}%2Fm\\.zip")
+    runstaged.run_staged(cfg, base / "batch.txt", run_id=run_id, image=image)  # no wait: nobody rescues it
+    _wait_for(lambda: _status(cfg, run_id, name).get("stranded") == "m", 60, "the VM to report m stranded")
+    shown = runlog.format_log(runlog.run_log(cfg, run_id))
+    assert "stranded result(s) m on the VM under /opt/ops-hpc/work/" in shown
+    localcloud.clear_faults()  # the bucket takes uploads again: the VM's next retry gets through
+    _wait_for(lambda: compute.get_vm(cfg, name) is None, 60, "the VM to upload and delete itself")
+    assert storage.get_blob(cfg, f"{run_id}/m.zip") is not None
+    assert _status(cfg, run_id, name)["state"] == "done"
+
+
+def test_a_preempted_run_without_wait_says_so_and_reruns_only_its_unfinished_models(cfg, image, localcloud,
+                                                                                     tmp_path):
+    base = tmp_path / "batch"
+    for model in ("first", "second", "third"):
+        _tcl(base, model, SLOW_TCL.format(ms=1500))
+    (base / "batch.txt").write_text("first timeout=5\nsecond timeout=5\nthird timeout=5\n")
+    out = runstaged.run_staged(cfg, base / "batch.txt", spot=True, image=image)
+    (vm,) = out.vms
+    _wait_for(lambda: _status(cfg, out.run_id, vm).get("per_model", {}).get("first", {}).get("state") == "ok" and
+              _status(cfg, out.run_id, vm).get("current_model") == "second", 60, "the second model to start")
+    t0 = time.monotonic()
+    localcloud.admin(f"preempt/{cfg.project}/{cfg.zone}/{vm}", {})
+    status = _wait_for(lambda: (s := _status(cfg, out.run_id, vm)).get("state") == "preempted" and s, 20,
+                       "the preempted status")
+    print(f"\nFIGURE preemption: status says preempted {time.monotonic() - t0:.1f} s after the preempt call")
+    assert runstatus.unfinished(status) == ["second", "third"]
+    shown = runlog.format_log(runlog.run_log(cfg, out.run_id))
+    assert "preempted before it finished: second, third" in shown and f"RERUN={out.run_id}" in shown
+    again = runstaged.run_staged(cfg, None, rerun=out.run_id, wait=True, results_dir=tmp_path / "r", image=image,
+                                 tail=False)
+    assert sorted(again.models) == ["second", "third"] and not again.lost
+    assert {r["model"]: r["state"] for r in again.rows} == {"second": "ok", "third": "ok"}
+    assert all(compute.get_vm(cfg, v) is None for v in again.vms)

@@ -18,7 +18,8 @@
 #   ops_log MESSAGE...              -> timestamped line on stderr (the VM's console / run log)
 #   ops_md PATH                     -> metadata value under computeMetadata/v1/ (exit 1 if absent)
 #   ops_md_attr KEY [DEFAULT]       -> instance attribute KEY, or DEFAULT when unset
-#   ops_token                       -> OAuth access token of the VM's service account (cached, refreshed)
+#   ops_token                       -> OAuth access token of the VM's service account (cached, refreshed;
+#                                      call it in the main shell now and then: $(...) subshells reuse that cache)
 #   ops_urlencode TEXT              -> TEXT percent-encoded for a URL path segment or query value
 #   ops_gcs_upload FILE OBJECT [CONTENT_TYPE]   -> upload; prints the object's JSON resource
 #   ops_gcs_upload_verified FILE OBJECT [TYPE]  -> upload and check GCS's CRC32C equals the file's
@@ -98,7 +99,10 @@ ops_token() {
   printf '%s\n' "$OPS_TOKEN_VALUE"
 }
 
-ops_urlencode() { ops_pyhelp urlencode "$1"; }
+ops_urlencode() {
+  # object names made of safe characters (run ids, model names, paths) need no Python: only '/' changes
+  if [[ "$1" =~ ^[A-Za-z0-9._~/-]*$ ]]; then printf '%s\n' "${1//\//%2F}"; else ops_pyhelp urlencode "$1"; fi
+}
 
 ops_gcs_upload() {
   local file="$1" object="$2" ctype="${3:-application/octet-stream}" tmp code token

@@ -68,6 +68,7 @@ status_text() {
 publish_status() {
   # this VM's own file first (the PC reads it), then the run's and the bucket's latest views
   local text
+  ops_token > /dev/null || true  # refresh the cache here, in the main shell: every upload's subshell reuses it
   text=$(status_text)
   ops_gcs_put_text "_status/${RUN_ID}/${VM}.txt" "$text" || ops_log "could not write the status file"
   ops_gcs_put_text "_status/${RUN_ID}.txt" "$text" || true

@@ -114,3 +114,23 @@ def test_deadline_gives_up_what_is_missing():
     assert not plan(Observation(now=99.0, present={"vm1"}), f).finished
     acts = plan(Observation(now=101.0, present={"vm1"}), f)
     assert acts.finished and "deadline" in acts.lost["b"] and "a" not in acts.lost
+
+
+def test_fan_out_quota_is_checked_for_all_vms_together():
+    from types import SimpleNamespace
+
+    from lib.errors import OpsError
+    from lib.runstaged.launch import check_quota
+
+    specs = [SimpleNamespace(machine_type="e2-standard-2", spot=False, guest_cpus=2) for _ in range(3)]
+    asked = []
+
+    def quota(machine_type, cpus, spot):
+        asked.append(cpus)
+        return [{"metric": "CPUS", "limit": 4.0, "usage": 0.0, "needed": cpus, "ok": cpus <= 4}]
+
+    with pytest.raises(OpsError, match=r"not enough CPUS quota for 3 VM\(s\) of e2-standard-2: they need 6 vCPUs, "
+                                       r"limit 4, in use 0; use fewer VMs"):
+        check_quota(specs, quota)
+    assert asked == [6]
+    check_quota(specs[:2], quota)  # two fit
