@@ -1,4 +1,4 @@
-"""The operator's emergency controls (the original dashboard's panic buttons), as plain functions.
+"""The operator's emergency controls (the panic buttons of a run), as plain functions.
 
     abort      kill OpenSees on the VM; the VM stays (inspect it, push, or run something else)
     emergency  kill OpenSees, then push whatever is on the disk now and rescue stranded run-staged results

@@ -39,7 +39,8 @@ def test_stage_uploads_models_scripts_and_description(localcloud, bucket, tmp_pa
     assert run_id.startswith("run-") and stage.check_run_id(run_id)
     names = storage.bucket_names(storage.list_blobs(bucket, f"_uploads/{run_id}/"))
     assert names == sorted([f"_uploads/{run_id}/{n}" for n in
-                            ("alpha.zip", "Beta-2.zip", "batch.json", "vm-scripts/lib.sh", "vm-scripts/run_analysis.sh")])
+                            ("alpha.zip", "Beta-2.zip", "batch.json", "vm-scripts/lib.sh", "vm-scripts/ops_helpers.py",
+                             "vm-scripts/run_analysis.sh")])
     desc = json.loads(storage.download_bytes(bucket, f"_uploads/{run_id}/batch.json"))
     assert desc["format"] == 1 and desc["run_id"] == run_id
     beta = desc["models"][1]
@@ -55,7 +56,7 @@ def test_staging_twice_is_idempotent(localcloud, bucket, tmp_path):
     first = stage.stage(bucket, batch)
     generations = {b.name: b.generation for b in storage.list_blobs(bucket, "_uploads/")}
     again = stage.stage(bucket, batch, run_id=first.run_id)
-    assert again.uploaded == [] and len(again.unchanged) == 5
+    assert again.uploaded == [] and len(again.unchanged) == 6
     assert {b.name: b.generation for b in storage.list_blobs(bucket, "_uploads/")} == generations
 
 
@@ -71,7 +72,7 @@ def test_bin_stage_prints_run_id_and_refuses_bad_batch(localcloud, tmp_path):
     bad = run_bin("stage", str(batch), env=env)
     assert bad.returncode == 2
     assert f"{batch}:3:" in bad.stderr and f"{batch}:4:" in bad.stderr
-    assert len(storage.list_blobs(localcloud.config(bucket=name), "_uploads/")) == 5  # nothing more uploaded
+    assert len(storage.list_blobs(localcloud.config(bucket=name), "_uploads/")) == 6  # nothing more uploaded
 
 
 def test_a_symlinked_main_inside_the_folder_is_staged_as_its_file(tmp_path):

@@ -100,6 +100,7 @@ on_term() {
   # write of this trap would end the script before the status is out.
   trap '' PIPE
   trap - TERM
+  [ -n "$FINISHED" ] && exit 0  # the TERM of this VM's own self-delete: the final status is already out
   exec >> "$RUNLOG" 2>&1
   FINISHED=1
   STATE="preempted"

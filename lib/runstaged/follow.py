@@ -132,7 +132,7 @@ def plan(obs: Observation, followed: Followed, policy: Policy = Policy()) -> Act
                        and m not in followed.lost]
             if not missing:
                 continue
-            if state in VM_DONE:
+            if state in VM_DONE or vm.name in followed.deleted:  # finished, or the PC deleted it after a rescue
                 why = "stranded on it" if set(missing) & set(stranded(status)) else "not produced"
                 for m in missing:
                     acts.lost[m] = f"VM {vm.name} ended ({state}) and went away ({how}) with the result {why}"
@@ -271,9 +271,10 @@ class Follower:
             vm.gone_at, vm.how = obs.gone[name]
             self.state.unregister_vm(name)
             unfinished = [m for m in vm.models if m not in f.pulled and m not in obs.landed]
-            if vm.state in VM_DONE and not unfinished:
-                who = "was deleted by ops-hpc" if name in f.deleted else "deleted itself"
-                log(f"{name}: {who} ({_since_upload(vm)})")
+            if name in f.deleted:
+                log(f"{name}: was deleted by ops-hpc ({_since_upload(vm)})")
+            elif vm.state in VM_DONE and not unfinished:
+                log(f"{name}: deleted itself ({_since_upload(vm)})")
             else:
                 log(f"{name}: gone while {vm.state} ({vm.how}); unfinished: {', '.join(unfinished) or 'none'}")
         for r in acts.relaunch:

@@ -134,3 +134,10 @@ def test_fan_out_quota_is_checked_for_all_vms_together():
         check_quota(specs, quota)
     assert asked == [6]
     check_quota(specs[:2], quota)  # two fit
+
+
+def test_a_vm_the_follower_deleted_after_a_rescue_is_not_relaunched():
+    vm = _vm(state="preempted", stranded="b")  # its TERM trap wrote `preempted` as the PC deleted it
+    f = _followed(vm, pulled={"a": "cleaned"}, deleted=["vm1"])
+    acts = plan(Observation(now=1.0, gone={"vm1": (1.0, "delete")}, landed={"b": 3}), f)
+    assert not acts.relaunch and not acts.lost and acts.pull == ["b"]
