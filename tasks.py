@@ -164,7 +164,7 @@ def run_staged(c, batch="batches/example.txt", wait=False, vms=1, spot=False, di
 
     try:
         out = runstaged.run_staged(_cfg(), batch, wait=wait, vms=int(vms), spot=spot or None, results_dir=dir,
-                                   run_id=run_id, on_demand_fallback=not no_fallback, on_log=cli.err)
+                                   run_id=run_id, on_demand_fallback=not no_fallback, on_log=cli.err).to_json()
     except OpsError as exc:
         raise Exit(f"error: {exc}", code=exc.code) from None
     print(out["run_id"])
@@ -193,10 +193,11 @@ def log(c, run_id=None, tail=20):
 @task(help={"tail": "also print the models' log lines while they run"})
 def demo(c, tail=False):
     """The whole run-staged pipeline on the local cloud with real OpenSees; results in ./results/."""
-    from lib import cli, runstaged
+    from lib import cli
+    from lib.demo import demo as run_demo
 
     try:
-        out = runstaged.demo(REPO / ".state", REPO / "results", on_log=cli.err, tail=tail)
+        out = run_demo(REPO / ".state", REPO / "results", on_log=cli.err, tail=tail)
     except OpsError as exc:
         raise Exit(f"error: {exc}", code=exc.code) from None
     _print_run(out)

@@ -96,7 +96,11 @@ def parse_batch(path: str | Path) -> Batch:
         if bad:
             continue
         values = {**DEFAULTS, **options}
-        folder = (base / folder_text).resolve()
+        try:
+            folder = (base / folder_text).resolve()
+        except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError on Python < 3.13)
+            problems.append(f"{where}: folder {folder_text!r} cannot be resolved ({exc})")
+            continue
         if folder != base and base not in folder.parents:
             problems.append(f"{where}: folder {folder_text!r} is outside the batch's base {base}")
             continue
@@ -109,6 +113,10 @@ def parse_batch(path: str | Path) -> Batch:
             continue
         if not (folder / main).is_file():
             problems.append(f"{where}: no main script {main!r} in {folder_text!r}")
+            continue
+        if (folder / main).is_symlink() and not _link_inside(folder / main, folder):
+            problems.append(f"{where}: main script {main!r} in {folder_text!r} is a symlink to a file outside the "
+                            "folder, which is not staged: copy the file into the folder")
             continue
         numbers = {}
         for key in ("cores", "timeout"):
@@ -135,6 +143,15 @@ def parse_batch(path: str | Path) -> Batch:
     if not models:
         raise UsageError(f"{path}: no models (one line per model: FOLDER [main=] [cores=] [timeout=])")
     return Batch(path=path, base=base, models=tuple(models))
+
+
+def _link_inside(link: Path, folder: Path) -> bool:
+    """Whether a symlink resolves to a regular file inside `folder` (staging then copies that file's content)."""
+    try:
+        target = link.resolve(strict=True)
+    except (RuntimeError, OSError):
+        return False
+    return target.is_file() and folder.resolve() in target.parents
 
 
 def shard_by_timeout(items: Sequence[T], count: int, key: Callable[[T], float] | None = None) -> list[list[T]]:

@@ -13,14 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lib import clients, compute, images, paths, ssh
+from lib import clients, compute, images, paths, retry, ssh
 from lib.config import Config
 from lib.errors import OpsError, UsageError
 from lib.guard import VMGuard
-from lib.log import Log
+from lib.log import Log, quiet
 from lib.stage import new_run_id
 
 BUILD_SCRIPT = paths.vm_script("build_opensees_full.sh")
+BUILT_BY = "opensees-hpc built"  # first words of BUILD_INFO (build_opensees_full.sh): the image's description
+LAUNCHER_LABEL = "ops-hpc-image"  # label value "launcher": an image known to carry the openseesmp launcher
 REMOTE_DIR = "/tmp/ops-hpc-build"
 STEPS = ("create VM", "wait for ssh", "upload script", "build", "stop VM", "create image", "delete VM")
 
@@ -72,8 +74,24 @@ def build_image(cfg: Config, *, on_log: Log = print, on_progress: Progress | Non
     return image
 
 
+def ensure_image(cfg: Config, *, on_log: Log = quiet) -> str:
+    """Name of the newest READY image of the family that has the `openseesmp` launcher, building one if none.
+
+    An image elsewhere in the family is not trusted blindly (a hand-made one may lack the launcher):
+    only images this pipeline made (description from BUILD_INFO) or labelled as launcher-bearing count.
+    """
+
+    cfg = clients.resolve(cfg)
+    found = [i for i in retry.listing(clients.images(cfg).list, project=cfg.project)
+             if i.family == cfg.image_family and i.status == "READY" and not i.deprecated.state
+             and (dict(i.labels).get(LAUNCHER_LABEL) == "launcher" or (i.description or "").startswith(BUILT_BY))]
+    if found:
+        return max(found, key=lambda i: i.creation_timestamp).name
+    on_log(f"no opensees-hpc image with the launcher in family {cfg.image_family}: building one")
+    return build_image(cfg, on_log=on_log, on_line=lambda _: None)["name"]
+
+
 def _boot_disk(cfg: Config, name: str) -> str | None:
-    from lib import retry
 
     inst = retry.google(clients.instances(cfg).get, project=cfg.project, zone=cfg.zone, instance=name)
     for disk in inst.disks:

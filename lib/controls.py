@@ -1,7 +1,10 @@
-"""The operator's emergency controls (the original dashboard's panic buttons), as plain functions.
+"""The operator's emergency controls (the panic buttons of a run), as plain functions.
 
     abort      kill OpenSees on the VM; the VM stays (inspect it, push, or run something else)
-    emergency  kill OpenSees, then push whatever is on the disk now; the VM stays
+    emergency  kill OpenSees, then push whatever is on the disk now and rescue stranded run-staged results
+               (zips whose upload failed, under /opt/ops-hpc/work/RUN/); the VM stays
+    rescue_stranded  copy those zips from the VM over ssh and upload them from the PC (run-staged's follower
+               calls it before it deletes a VM that reports stranded results)
     stop_vm    delete the VM now (anything not pushed is lost)
 
 Each does exactly that and returns what it did, so a bin script, an invoke task or a front end can
@@ -12,13 +15,18 @@ a deleted VM ends the run, whose guard finds the VM already gone.
 from __future__ import annotations
 
 import re
+import tempfile
+import zipfile
 from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lib import clients, push, ssh
+from lib import clients, push, ssh, storage
 from lib.config import Config
 from lib.errors import OpsError
-from lib.log import Log
+from lib.log import Log, quiet
+
+WORK = "/opt/ops-hpc/work"  # run_analysis.sh's folder: WORK/RUN_ID/MODEL.zip is a result not yet uploaded
 
 
 def abort(cfg: Config, name: str, *, on_log: Log = print, grace_s: int = 5, install: bool = True) -> int:
@@ -43,9 +51,48 @@ def emergency(cfg: Config, name: str, *, on_log: Log = print, method: str = "aut
     push.install_tools(cfg, name)
     killed = abort(cfg, name, on_log=on_log, install=False) if kill else 0
     pushed = push.push(cfg, name, on_log=on_log, method=method, install=False)
-    on_log(f"emergency: {len(pushed)} folder(s) in gs://{cfg.bucket_name}; VM {name} is still running: "
-           f"`make pull`, then `make stop-vm NAME={name}`")
-    return {"killed": killed, "pushed": pushed}
+    rescued = rescue_stranded(cfg, name, on_log=on_log)
+    on_log(f"emergency: {len(pushed)} folder(s) and {len(rescued)} stranded result(s) in gs://{cfg.bucket_name}; "
+           f"VM {name} is still running: `make pull`, then `make stop-vm NAME={name}`")
+    return {"killed": killed, "pushed": pushed, "rescued": rescued}
+
+
+def stranded_on_vm(cfg: Config, name: str) -> list[str]:
+    """RUN_ID/MODEL.zip of every finished result still on the VM's disk (its upload failed or is under way)."""
+    code, out = ssh.capture(cfg, name, f"cd {ssh.rpath(WORK)} 2>/dev/null && ls -1 -- */*.zip 2>/dev/null; true")
+    if code:
+        raise OpsError(f"cannot list {WORK} on {name} (exit {code}): {out.strip()[-200:]}")
+    found = []
+    for line in out.splitlines():
+        rel = PurePosixPath(line.strip())
+        if len(rel.parts) == 2 and rel.suffix == ".zip" and not rel.name.endswith(".in.zip") and ".." not in rel.parts:
+            found.append(str(rel))
+    return sorted(found)
+
+
+def rescue_stranded(cfg: Config, name: str, *, on_log: Log = quiet) -> list[str]:
+    """Copy each stranded result zip off VM `name` over ssh and upload it as gs://BUCKET/RUN_ID/MODEL.zip.
+
+    The PC's path to the bucket is used because the VM's failed. A zip must open and hold a
+    MANIFEST.json (a complete result, as run_analysis.sh writes it atomically); an object already in
+    the bucket with the same bytes is left as it is. Returns the object names now in the bucket.
+    """
+    cfg = clients.resolve(cfg)
+    rescued = []
+    with tempfile.TemporaryDirectory(prefix="ops-hpc-rescue-") as tmp:
+        for rel in stranded_on_vm(cfg, name):
+            local = ssh.download(cfg, name, f"{WORK}/{rel}", Path(tmp) / rel.replace("/", "__"))
+            try:
+                with zipfile.ZipFile(local) as zf:
+                    if "MANIFEST.json" not in zf.namelist():
+                        raise zipfile.BadZipFile("no MANIFEST.json")
+            except zipfile.BadZipFile as exc:
+                on_log(f"{name}:{WORK}/{rel}: not a complete result ({exc}); left on the VM")
+                continue
+            storage.upload_file(cfg, local, rel, content_type="application/zip")
+            on_log(f"rescued {name}:{WORK}/{rel} -> gs://{cfg.bucket_name}/{rel}")
+            rescued.append(rel)
+    return rescued
 
 
 def stop_vm(cfg: Config, name: str, *, on_log: Log = print, on_confirm: Callable[[str], bool] | None = None,

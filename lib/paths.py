@@ -13,9 +13,9 @@ BIN = REPO / "bin"
 VM_SCRIPTS = REPO / "vm-scripts"
 
 # Staged with every run-staged run (_uploads/RUN/vm-scripts/) and fetched by startup.sh.
-STAGED_SCRIPTS = ("lib.sh", "run_analysis.sh")
+STAGED_SCRIPTS = ("lib.sh", "ops_helpers.py", "run_analysis.sh")
 # Copied over ssh to a VM of the ssh pipelines (build, run) for `vm push`, abort and emergency.
-SSH_TOOLS = ("push.sh", "lib.sh", "kill_opensees.sh")
+SSH_TOOLS = ("push.sh", "lib.sh", "ops_helpers.py", "kill_opensees.sh")
 
 
 def vm_script(name: str) -> Path:

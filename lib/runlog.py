@@ -1,7 +1,9 @@
-"""The `log` command: where a run-staged run is, and the tail of its log (the seeds' `ops-hpc log`).
+"""The `log` command: where a run-staged run is, and the tail of its log.
 
 Reads only the bucket (`_status/` and `_logs/`), so it works from any PC, while the run goes on or after
-it ended, with the VMs already gone. Default run: the one `_status/latest.txt` names.
+it ended, with the VMs already gone. Default run: the one `_status/latest.txt` names. A preempted VM is
+shown with its unfinished models (and the command that reruns them); a VM whose result upload failed is
+shown with the stranded results and how they are being rescued.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 from lib import storage
 from lib.config import Config
 from lib.errors import Refused
-from lib.runstaged import latest_run_id, read_statuses
+from lib.runstatus import FINAL, latest_run_id, read_statuses, stranded, unfinished
 
 
 def run_log(cfg: Config, run_id: str | None = None, *, tail: int = 20) -> dict[str, Any]:
@@ -47,7 +49,16 @@ def format_log(info: dict[str, Any]) -> str:
         cur = s.get("current_model")
         out.append(f"  {vm}: {s.get('state', '?')}" + (f", model {s.get('current')}/{s.get('models')} {cur}" if cur else "")
                    + f"  (updated {s.get('updated', '?')})")
-    done = sum(1 for i in info["models"].values() if i["state"] in ("ok", "failed", "timeout"))
+        if s.get("state") == "preempted":
+            left = unfinished(s)
+            out.append(f"    preempted before it finished: {', '.join(left) or 'none'}"
+                       + (f"; rerun them with `make run-staged RERUN={info['run_id']}`" if left else ""))
+        if stranded(s):
+            out.append(f"    stranded result(s) {', '.join(stranded(s))} on the VM under {s.get('work') or '?'}: the VM "
+                       f"retries the upload until its max run end; `make emergency NAME={vm}` copies them now")
+        if s.get("error"):
+            out.append(f"    error: {s['error']}")
+    done = sum(1 for i in info["models"].values() if i["state"] in FINAL)
     out.append(f"  models: {done}/{len(info['models'])} finished")
     for name, i in info["models"].items():
         secs = f" {i['seconds']:.1f} s" if i.get("seconds") is not None else ""

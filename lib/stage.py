@@ -64,14 +64,20 @@ def model_files(folder: Path) -> list[tuple[str, Path]]:
     """(posix relative path, file) of everything a model folder holds except earlier results and hidden files.
 
     Skipped: names starting with '.', __pycache__/ and results/ folders, any folder holding a MANIFEST.json
-    (a pulled result set), *.zip / *.part / *.pyc, MANIFEST.json, opensees.log, and symlinks.
+    (a pulled result set), *.zip / *.part / *.pyc, MANIFEST.json, opensees.log, and symlinks, except a
+    symlink to a file inside the model folder (e.g. main.tcl -> variants/a.tcl), staged as that file.
     """
     out: list[tuple[str, Path]] = []
+    root = Path(folder).resolve()
 
     def walk(d: Path, rel: str) -> None:
         for entry in sorted(d.iterdir(), key=lambda p: p.name):
             name = entry.name
-            if name.startswith(".") or entry.is_symlink():
+            if name.startswith("."):
+                continue
+            if entry.is_symlink():
+                if _file_inside(entry, root) and name not in SKIP_FILES and not name.endswith(SKIP_SUFFIXES):
+                    out.append((f"{rel}{name}", entry.resolve()))
                 continue
             path = f"{rel}{name}"
             if entry.is_dir():
@@ -83,6 +89,14 @@ def model_files(folder: Path) -> list[tuple[str, Path]]:
 
     walk(Path(folder), "")
     return out
+
+
+def _file_inside(link: Path, root: Path) -> bool:
+    try:
+        target = link.resolve(strict=True)
+    except (RuntimeError, OSError):  # dangling or a loop
+        return False
+    return target.is_file() and root in target.parents
 
 
 def zip_model(model: Model, dest: Path) -> int:
@@ -99,6 +113,30 @@ def zip_model(model: Model, dest: Path) -> int:
     return len(files)
 
 
+@dataclass(frozen=True)
+class StagedModel:
+    """One model entry of batch.json: what the VM runs and how it checks the staged zip."""
+
+    name: str
+    main: str
+    cores: int
+    timeout_min: int
+    zip: str = ""
+    crc32c: str = ""
+    size: int = 0
+    files: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "main": self.main, "cores": self.cores, "timeout_min": self.timeout_min,
+                "zip": self.zip, "crc32c": self.crc32c, "size": self.size, "files": self.files}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StagedModel:
+        return cls(name=str(data["name"]), main=str(data.get("main", "main.tcl")), cores=int(data.get("cores", 1)),
+                   timeout_min=int(data["timeout_min"]), zip=str(data.get("zip", "")),
+                   crc32c=str(data.get("crc32c", "")), size=int(data.get("size", 0)), files=int(data.get("files", 0)))
+
+
 @dataclass
 class Staged:
     """What staging produced: the run id and the batch description the VM reads."""
@@ -110,8 +148,8 @@ class Staged:
     unchanged: list[str] = field(default_factory=list)
 
     @property
-    def models(self) -> list[dict[str, Any]]:
-        return self.description["models"]
+    def models(self) -> list[StagedModel]:
+        return [StagedModel.from_json(m) for m in self.description["models"]]
 
 
 def _upload(cfg: Config, path: Path, name: str, content_type: str, staged: Staged) -> str:
@@ -141,9 +179,11 @@ def stage(cfg: Config, batch: Batch, *, run_id: str | None = None, on_log: Log =
             crc = _upload(cfg, zpath, name, "application/zip", staged)
             size = zpath.stat().st_size
             on_log(f"staged {model.name}: {count} file(s), {size} bytes -> gs://{cfg.bucket_name}/{name}")
-            models.append({**model.to_json(), "zip": name, "crc32c": crc, "size": size, "files": count})
+            models.append(StagedModel(model.name, model.main, model.cores, model.timeout_min, name, crc, size,
+                                      count).to_json())
         for script in paths.STAGED_SCRIPTS:
-            _upload(cfg, paths.vm_script(script), f"{base}vm-scripts/{script}", "text/x-shellscript", staged)
+            kind = "text/x-python" if script.endswith(".py") else "text/x-shellscript"
+            _upload(cfg, paths.vm_script(script), f"{base}vm-scripts/{script}", kind, staged)
     description = {"format": 1, "run_id": run_id, "batch": batch.path.name, "models": models,
                    "vm_scripts": [f"{base}vm-scripts/{s}" for s in paths.STAGED_SCRIPTS]}
     old = load_description(cfg, run_id)
@@ -168,3 +208,55 @@ def load_description(cfg: Config, run_id: str) -> dict[str, Any] | None:
 def unstage(cfg: Config, run_id: str) -> int:
     """Delete a run's staged inputs (after every result came back); returns how many objects."""
     return storage.delete_prefix(cfg, prefix(run_id))
+
+
+TIDY_GRACE_S = 3600.0  # a finished run's bookkeeping stays this long after its last write (late readers, `make log`)
+ABANDON_S = 7 * 86400.0  # an unfinished run (preempted, lost) keeps its inputs this long for `--rerun`
+
+
+def tidy_finished_runs(cfg: Config, *, grace_s: float = TIDY_GRACE_S, abandon_s: float = ABANDON_S,
+                       now: float | None = None, on_log: Log = quiet) -> list[str]:
+    """Remove `_uploads/RUN/`, `_status/RUN/` (+ `_status/RUN.txt`) and `_logs/RUN/` of runs that are over.
+
+    A run is over when no VM of it exists (label ops-hpc-run), none of its results waits in the bucket
+    (`RUN/` is empty: all pulled), and its newest bookkeeping object is older than `grace_s`; a run whose
+    statuses do not show every model finished (preempted, lost: `--rerun` needs its inputs) must also be
+    older than `abandon_s`. Returns the run ids tidied. Meant for `bin/pull` after a pull and the sweeper.
+    """
+    import time
+
+    from lib import compute, runstatus
+
+    now = time.time() if now is None else now
+    runs: dict[str, list[Any]] = {}
+    for top in (UPLOADS, "_status", "_logs"):
+        for blob in storage.list_blobs(cfg, f"{top}/"):
+            parts = blob.name.split("/")
+            if len(parts) >= 3 and parts[1]:
+                runs.setdefault(parts[1], []).append(blob)
+    if not runs:
+        return []
+    try:
+        busy = {v.get("run_id") for v in compute.list_vms(cfg)}
+    except Exception as exc:  # without the VM list nothing is known to be over: remove nothing, say why
+        on_log(f"not tidying finished runs: could not list VMs ({exc})")
+        return []
+    tidied = []
+    for run_id, blobs in sorted(runs.items()):
+        if run_id in busy or storage.list_blobs(cfg, f"{run_id}/"):
+            continue
+        newest = max((b.updated.timestamp() for b in blobs if b.updated is not None), default=now)
+        age = now - newest
+        if age < grace_s:
+            continue
+        description = load_description(cfg, run_id)
+        if description is not None and age < abandon_s:
+            finished = {m for s in runstatus.read_statuses(cfg, run_id).values()
+                        for m, i in s.get("per_model", {}).items() if i["state"] in runstatus.FINAL}
+            if any(m["name"] not in finished for m in description["models"]):
+                continue
+        removed = sum(storage.delete_prefix(cfg, f"{top}/{run_id}/") for top in (UPLOADS, "_status", "_logs"))
+        storage.delete_many(cfg, [(f"_status/{run_id}.txt", None)])
+        on_log(f"run {run_id}: every result pulled and no VM left: removed its {removed} staged/status/log object(s)")
+        tidied.append(run_id)
+    return tidied

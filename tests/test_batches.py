@@ -68,3 +68,31 @@ def test_shard_by_timeout_is_balanced_and_keeps_order():
         assert [i["name"] for i in s] == sorted(i["name"] for i in s)
     assert len(shard_by_timeout(items[:2], 5)) == 2  # never an empty shard
     assert shard_by_timeout(items, 1) == [items]
+
+
+def test_symlink_loop_in_the_batch_folder_is_one_problem_line_not_a_traceback(tmp_path):
+    base = tmp_path / "b"
+    _model(base / "good")
+    (base / "loop").symlink_to(base / "loop")
+    (base / "batch.txt").write_text("good\nloop\n")
+    with pytest.raises(BatchError) as info:
+        parse_batch(base / "batch.txt")
+    (problem,) = info.value.problems  # "cannot be resolved" (a loop) or "does not exist" (Python 3.13+)
+    assert problem.startswith(f"{base / 'batch.txt'}:2: folder 'loop' ")
+
+
+def test_symlinked_main_outside_the_folder_is_refused_inside_it_is_accepted(tmp_path):
+    base = tmp_path / "b"
+    (base / "inside" / "variants").mkdir(parents=True)
+    (base / "inside" / "variants" / "a.tcl").write_text("puts a\n")
+    (base / "inside" / "main.tcl").symlink_to("variants/a.tcl")
+    (base / "outside").mkdir()
+    (base / "shared.tcl").write_text("puts shared\n")
+    (base / "outside" / "main.tcl").symlink_to("../shared.tcl")
+    (base / "batch.txt").write_text("inside\noutside\n")
+    with pytest.raises(BatchError) as info:
+        parse_batch(base / "batch.txt")
+    (problem,) = info.value.problems
+    assert ":2: main script 'main.tcl' in 'outside' is a symlink to a file outside the folder" in problem
+    (base / "batch.txt").write_text("inside\n")
+    assert [m.name for m in parse_batch(base / "batch.txt").models] == ["inside"]

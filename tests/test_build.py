@@ -37,9 +37,9 @@ def test_build_pipeline_image_is_used_by_a_run_vm_and_a_run_staged_vm(localcloud
 
     out = runstaged.run_staged(cfg, jobs, wait=True, image=image["name"], results_dir=tmp_path / "results",
                                on_log=quiet, tail=False)
-    assert [r["state"] for r in out["rows"]] == ["ok"]
-    assert (tmp_path / "results" / out["run_id"] / "quick" / "disp.out").stat().st_size > 0
-    assert all(compute.get_vm(cfg, v) is None for v in out["vms"])
+    assert [r["state"] for r in out.rows] == ["ok"]
+    assert (tmp_path / "results" / out.run_id / "quick" / "disp.out").stat().st_size > 0
+    assert all(compute.get_vm(cfg, v) is None for v in out.vms)
 
 
 def test_image_list_archive_restore_delete_and_refusals(localcloud, tmp_path):

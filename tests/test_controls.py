@@ -50,12 +50,30 @@ def test_abort_kills_opensees_on_that_vm_only_and_the_vm_stays(localcloud, tmp_p
         compute.delete_vm(cfg, b, on_log=quiet)
 
 
+def _strand(cfg, name: str) -> bytes:
+    """A run-staged result whose upload failed, as run_analysis.sh leaves it, plus what is not a result."""
+    import io
+    import zipfile
+
+    work = Path(ssh.local_vm(cfg, name)["disk"]) / "opt/ops-hpc/work/run-x"
+    work.mkdir(parents=True)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("output/disp.out", "1 2 3\n")
+        zf.writestr("MANIFEST.json", '{"format": 1, "state": "ok", "files": []}')
+    (work / "m.zip").write_bytes(buf.getvalue())
+    (work / "n.in.zip").write_bytes(buf.getvalue())  # a staged input being unpacked: not a result
+    (work / "broken.zip").write_bytes(b"PK not really")  # never uploaded as a result
+    return buf.getvalue()
+
+
 def test_emergency_pushes_what_is_on_the_disk_now_and_keeps_the_vm(localcloud, tmp_path):
     bucket = localcloud.new_bucket("emer")
     cfg = vm_config(localcloud, tmp_path / "state", bucket=bucket.bucket_name)
     name = unique("emer")
     boot(cfg, name)
     try:
+        stranded = _strand(cfg, name)
         start_job(cfg, name, "endless")
         wait_for(lambda: _progress(cfg, name, "endless").read_text().count("\n") >= 3, timeout=15)
         result = controls.emergency(cfg, name, on_log=quiet, method="curl")
@@ -66,6 +84,9 @@ def test_emergency_pushes_what_is_on_the_disk_now_and_keeps_the_vm(localcloud, t
         assert storage.download_bytes(cfg, prefix + "progress.txt").decode() == on_disk  # exactly what was there
         assert {b.name for b in storage.list_blobs(cfg)} >= {prefix + "progress.txt", prefix + "disp.out"}
         assert compute.get_vm(cfg, name)["status"] == "RUNNING"
+        assert result["rescued"] == ["run-x/m.zip"]  # the stranded run-staged result went to the bucket too
+        assert storage.download_bytes(cfg, "run-x/m.zip") == stranded
+        assert storage.get_blob(cfg, "run-x/broken.zip") is None and storage.get_blob(cfg, "run-x/n.in.zip") is None
     finally:
         compute.delete_vm(cfg, name, on_log=quiet)
 

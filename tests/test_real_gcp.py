@@ -27,10 +27,10 @@ def test_example_batch_on_a_real_vm(tmp_path):
     try:
         out = runstaged.run_staged(cfg, "batches/example.txt", wait=True, results_dir=tmp_path / "results",
                                    on_log=logs.append, boot_timeout=900)
-        run_id = out["run_id"]
-        assert {r["state"] for r in out["rows"]} == {"ok"}, "\n".join(logs)
-        assert all(how == "delete" for how in out["deleted_how"].values())
-        assert all(s is not None and s < 120 for s in out["upload_to_delete_s"].values())
+        run_id = out.run_id
+        assert {r["state"] for r in out.rows} == {"ok"}, "\n".join(logs)
+        assert all(how == "delete" for how in out.deleted_how.values())
+        assert all(s is not None and s < 120 for s in out.upload_to_delete_s.values())
     finally:
         run_id = run_id or next((line.split()[1].rstrip(":") for line in logs if line.startswith("run run-")), None)
         if run_id:

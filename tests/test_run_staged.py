@@ -16,7 +16,8 @@ import pytest
 from helpers import run_bin
 from vm_helpers import SMALL, vm_config
 
-from lib import compute, manifest, results, runlog, runstaged, stage, storage
+from lib import build, compute, manifest, results, runlog, runstaged, runstatus, stage, storage
+from lib.demo import demo
 from lib.errors import OpsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ close $f
 @pytest.fixture(scope="module")
 def image(localcloud, tmp_path_factory):
     cfg = vm_config(localcloud, tmp_path_factory.mktemp("image-state"))
-    return runstaged.ensure_local_image(cfg)
+    return build.ensure_image(cfg)
 
 
 @pytest.fixture
@@ -83,8 +84,8 @@ def test_failed_and_timed_out_models_still_upload_and_the_vm_deletes_itself(cfg,
     logs: list[str] = []
     out = runstaged.run_staged(cfg, base / "batch.txt", wait=True, results_dir=tmp_path / "results", image=image,
                                on_log=logs.append)
-    run_id = out["run_id"]
-    states = {r["model"]: r["state"] for r in out["rows"]}
+    run_id = out.run_id
+    states = {r["model"]: r["state"] for r in out.rows}
     assert states == {"truss": "ok", "broken": "failed", "slow": "timeout"}, "\n".join(logs)
     got = tmp_path / "results" / run_id
     assert (got / "truss" / "output" / "member_forces.out").stat().st_size > 0
@@ -96,12 +97,12 @@ def test_failed_and_timed_out_models_still_upload_and_the_vm_deletes_itself(cfg,
     assert not (got / "slow" / "output" / "done.out").exists()
     assert manifest.read(got / "broken")["exit_code"] != 0
     for word in ("truss", "broken", "slow", "ok", "failed", "timeout", "run time", "cost"):
-        assert word in out["table"]
+        assert word in out.table
     # the VM deleted itself right after its last upload, not at its max run duration (1 h)
-    (vm,) = out["vms"]
+    (vm,) = out.vms
     assert compute.get_vm(cfg, vm) is None
-    assert out["deleted_how"][vm] == "delete"
-    assert out["upload_to_delete_s"][vm] is not None and out["upload_to_delete_s"][vm] < 30
+    assert out.deleted_how[vm] == "delete"
+    assert out.upload_to_delete_s[vm] is not None and out.upload_to_delete_s[vm] < 30
     assert not [s for s in results.list_sets(cfg).sets if s.id.startswith(run_id)]
     assert not storage.list_blobs(cfg, f"_uploads/{run_id}/")  # inputs dropped once everything came back
     # the log command reads it all from the bucket
@@ -120,17 +121,17 @@ def test_fan_out_across_three_vms_gives_the_same_files_as_one(cfg, image, tmp_pa
                                tail=False)
     three = runstaged.run_staged(cfg, base / "batch.txt", wait=True, vms=3, results_dir=tmp_path / "three",
                                  image=image, tail=False)
-    assert len(one["vms"]) == 1 and len(three["vms"]) == 3
+    assert len(one.vms) == 1 and len(three.vms) == 3
     used = set()
     for m in ("m0", "m1", "m2"):
-        a = tmp_path / "one" / one["run_id"] / m
-        b = tmp_path / "three" / three["run_id"] / m
+        a = tmp_path / "one" / one.run_id / m
+        b = tmp_path / "three" / three.run_id / m
         assert _files(a) == _files(b) and _files(a)
         assert manifest.read(a)["state"] == manifest.read(b)["state"] == "ok"
         used.add(manifest.read(b)["vm"])
-    assert used == set(three["vms"])
-    assert all(how == "delete" for how in three["deleted_how"].values())
-    assert all(compute.get_vm(cfg, v) is None for v in three["vms"])
+    assert used == set(three.vms)
+    assert all(how == "delete" for how in three.deleted_how.values())
+    assert all(compute.get_vm(cfg, v) is None for v in three.vms)
 
 
 def test_preempted_spot_vm_relaunches_only_unfinished_models(cfg, image, localcloud, tmp_path):
@@ -153,17 +154,17 @@ def test_preempted_spot_vm_relaunches_only_unfinished_models(cfg, image, localcl
     out = runstaged.run_staged(cfg, base / "batch.txt", wait=True, spot=True, results_dir=tmp_path / "r",
                                image=image, on_log=on_log, tail=False)
     assert preempted, "the first result never landed"
-    assert out["relaunches"] == 1 and not out["lost"]
-    assert out["deleted_how"][preempted[0]] == "compute.instances.preempted"
-    got = tmp_path / "r" / out["run_id"]
+    assert out.relaunches == 1 and not out.lost
+    assert out.deleted_how[preempted[0]] == "compute.instances.preempted"
+    got = tmp_path / "r" / out.run_id
     vm_of = {m: manifest.read(got / m)["vm"] for m in ("first", "second", "third")}
     assert vm_of["first"] == preempted[0]
     relaunched = vm_of["third"]
-    assert relaunched != preempted[0] and relaunched in out["vms"]
-    status = runstaged.read_statuses(cfg, out["run_id"])[relaunched]
+    assert relaunched != preempted[0] and relaunched in out.vms
+    status = runstatus.read_statuses(cfg, out.run_id)[relaunched]
     assert "first" not in status["per_model"]  # finished models are never rerun
     assert all(manifest.read(got / m)["state"] == "ok" for m in vm_of)
-    assert all(compute.get_vm(cfg, v) is None for v in out["vms"])
+    assert all(compute.get_vm(cfg, v) is None for v in out.vms)
 
 
 def test_pc_switched_off_then_bin_pull_collects_everything(cfg, image, localcloud, tmp_path):
@@ -172,7 +173,7 @@ def test_pc_switched_off_then_bin_pull_collects_everything(cfg, image, localclou
     _copy_example(base, "truss_transient", "truss")
     (base / "batch.txt").write_text("frame\ntruss\n")
     out = runstaged.run_staged(cfg, base / "batch.txt", wait=False, image=image)
-    (vm,) = out["vms"]
+    (vm,) = out.vms
     deadline = time.monotonic() + 60
     while compute.get_vm(cfg, vm) is not None and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -182,7 +183,7 @@ def test_pc_switched_off_then_bin_pull_collects_everything(cfg, image, localclou
     pulled = run_bin("pull", "--yes", "--dir", str(dest), "--json", env=env)
     assert pulled.returncode == 0, pulled.stderr
     for model in ("frame", "truss"):
-        folder = dest / out["run_id"] / model
+        folder = dest / out.run_id / model
         m = manifest.read(folder)
         assert m["state"] == "ok" and not manifest.compare(folder, manifest.expected(m))
         assert any(f["path"].startswith("output/") and f["size"] > 0 for f in m["files"])
@@ -194,17 +195,17 @@ def test_a_vm_that_never_reports_is_deleted_by_its_guard(cfg, image, tmp_path):
 
     run_id = stage.new_run_id()
     broken = cfg.replace(bucket=f"t-missing-{uuid.uuid4().hex[:8]}")  # the VM cannot read its batch: no status
-    description = {"models": [{"name": "m", "timeout_min": 1}]}
+    model = stage.StagedModel(name="m", main="main.tcl", cores=1, timeout_min=1)
     name = stage.vm_name(run_id)
-    with pytest.raises(OpsError, match="did not report"):
-        runstaged.launch(broken, run_id, description, [["m"]], image=image, machine_type=SMALL, boot_timeout=3)
+    with pytest.raises(OpsError, match="did not report|startup script ended"):
+        runstaged.launch(broken, run_id, [[model]], image=image, machine_type=SMALL, boot_timeout=3)
     assert compute.get_vm(cfg, name) is None
     assert name not in SessionState(cfg).vms()
 
 
 def test_demo_pipeline_end_to_end_leaves_nothing_behind(tmp_path):
     """What `make demo` runs, in its own state folder: results verified, bucket empty, no process left."""
-    out = runstaged.demo(tmp_path / ".state", tmp_path / "results")
+    out = demo(tmp_path / ".state", tmp_path / "results")
     assert {r["model"]: r["state"] for r in out["rows"]} == {"frame_pushover": "ok", "truss_transient": "ok"}
     assert all(out["verified"].values()) and len(out["verified"]) == 2
     assert out["bucket_results_left"] == [] and out["leftover_processes"] == []
@@ -216,3 +217,152 @@ def test_demo_pipeline_end_to_end_leaves_nothing_behind(tmp_path):
             assert (folder / "output" / name).stat().st_size > 0
     (vm,) = out["vms"]
     assert out["upload_to_delete_s"][vm] < 30 and out["overhead_s"] >= 0
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _status(cfg, run_id: str, vm: str) -> dict:
+    return runstatus.read_statuses(cfg, run_id).get(vm, {})
+
+
+def test_refused_or_interrupted_runs_leave_no_staged_inputs(cfg, image, tmp_path, monkeypatch):
+    from lib.errors import UsageError
+
+    base = tmp_path / "batch"
+    _tcl(base, "m", "puts hi\n")
+    _tcl(base, "n", "puts hi\n")
+    (base / "batch.txt").write_text("m timeout=1\nn timeout=1\n")
+    with pytest.raises(UsageError, match="at least 1"):
+        runstaged.run_staged(cfg, base / "batch.txt", vms=0, image=image)
+    (base / "long.txt").write_text("m timeout=200000\n")  # beyond Compute Engine's 120-day max run duration
+    with pytest.raises(UsageError, match="120-day"):
+        runstaged.run_staged(cfg, base / "long.txt", image=image)
+    assert not storage.list_blobs(cfg, "_uploads/")
+    zipped: list[str] = []
+    real = stage.zip_model
+
+    def ctrl_c_on_the_second(model, dest):
+        zipped.append(model.name)
+        if len(zipped) == 2:
+            raise KeyboardInterrupt
+        return real(model, dest)
+
+    monkeypatch.setattr(stage, "zip_model", ctrl_c_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        runstaged.run_staged(cfg, base / "batch.txt", image=image)
+    assert zipped == ["m", "n"] and not storage.list_blobs(cfg, "_uploads/")  # the first model's upload is gone
+
+
+def test_a_startup_script_that_dies_gets_its_vm_deleted_within_seconds(cfg, image):
+    run_id = stage.new_run_id()  # never staged: startup.sh finds no vm-scripts to run
+    model = stage.StagedModel(name="m", main="main.tcl", cores=1, timeout_min=1)
+    name = stage.vm_name(run_id)
+    t0 = time.monotonic()
+    with pytest.raises(OpsError, match="failed to start the run|startup script ended"):
+        runstaged.launch(cfg, run_id, [[model]], image=image, machine_type=SMALL, boot_timeout=60)
+    lived = time.monotonic() - t0
+    assert compute.get_vm(cfg, name) is None
+    status = _status(cfg, run_id, name)
+    assert status["state"] == "error" and "vm-scripts/lib.sh" in status["error"]
+    print(f"\nFIGURE startup script died: launch returned and VM deleted {lived:.1f} s after the launch began")
+    assert lived < 30
+
+
+def test_a_vm_whose_self_delete_is_refused_is_deleted_by_the_follower(cfg, image, tmp_path, faults):
+    base = tmp_path / "batch"
+    _tcl(base, "m", "puts hi\n")
+    (base / "batch.txt").write_text("m timeout=10\n")  # roomy: the machine may be busy
+    run_id = stage.new_run_id()
+    name = stage.vm_name(run_id)
+    faults("compute", "http:403", count=1, match=f"^DELETE .*/instances/{name}$")  # the VM's own delete only
+    logs: list[str] = []
+    out = runstaged.run_staged(cfg, base / "batch.txt", wait=True, run_id=run_id, results_dir=tmp_path / "r",
+                               image=image, on_log=logs.append, tail=False)
+    assert {r["model"]: r["state"] for r in out.rows} == {"m": "ok"}
+    assert any("self-delete was refused" in line for line in logs), "\n".join(logs)
+    assert compute.get_vm(cfg, name) is None and out.deleted_how[name] == "delete"
+    print(f"\nFIGURE self-delete refused: VM deleted {out.upload_to_delete_s[name]:.1f} s after its last upload")
+    assert out.upload_to_delete_s[name] < 30
+
+
+def test_a_result_whose_upload_fails_for_good_is_rescued_before_the_vm_is_deleted(cfg, image, tmp_path, faults):
+    base = tmp_path / "batch"
+    _tcl(base, "m", SLOW_TCL.format(ms=200))
+    (base / "batch.txt").write_text("m timeout=10\n")  # roomy: the machine may be busy
+    run_id = stage.new_run_id()
+    name = stage.vm_name(run_id)
+    faults("storage", "http:403", count=10_000, match=f"uploadType=media&name={run_id}%2Fm\\.zip")
+    logs: list[str] = []
+    seen: dict[str, float] = {}
+
+    def on_log(line: str) -> None:
+        logs.append(line)
+        for key, text in (("stranded", "reports stranded result"), ("gone", f"{name}: was deleted by ops-hpc")):
+            if text in line:
+                seen.setdefault(key, time.time())
+
+    out = runstaged.run_staged(cfg, base / "batch.txt", wait=True, run_id=run_id, results_dir=tmp_path / "r",
+                               image=image, on_log=on_log, tail=False)
+    assert {r["model"]: r["state"] for r in out.rows} == {"m": "ok"}, "\n".join(logs)
+    assert (tmp_path / "r" / run_id / "m" / "output" / "done.out").exists()
+    print(f"\nFIGURE stranded result: VM deleted {seen['gone'] - seen['stranded']:.1f} s after it reported the "
+          "stranded result (rescued first)")
+    assert any(f"rescued {name}:" in line for line in logs), "\n".join(logs)
+    assert compute.get_vm(cfg, name) is None and not out.lost
+    stranded_at = next(i for i, line in enumerate(logs) if "reports stranded result" in line)
+    assert stranded_at < next(i for i, line in enumerate(logs) if f"deleting VM {name}" in line or
+                              f"deleted VM {name}" in line or f"{name}: was deleted" in line)
+
+
+def test_a_stranded_result_is_retried_by_the_vm_until_it_uploads(cfg, image, localcloud, tmp_path, faults):
+    base = tmp_path / "batch"
+    _tcl(base, "m", "puts hi\n")
+    (base / "batch.txt").write_text("m timeout=10\n")  # roomy: the machine may be busy
+    run_id = stage.new_run_id()
+    name = stage.vm_name(run_id)
+    faults("storage", "http:403", count=10_000, match=f"uploadType=media&name={run_id}%2Fm\\.zip")
+    runstaged.run_staged(cfg, base / "batch.txt", run_id=run_id, image=image)  # no wait: nobody rescues it
+    _wait_for(lambda: _status(cfg, run_id, name).get("stranded") == "m", 60, "the VM to report m stranded")
+    shown = runlog.format_log(runlog.run_log(cfg, run_id))
+    assert "stranded result(s) m on the VM under /opt/ops-hpc/work/" in shown
+    localcloud.clear_faults()  # the bucket takes uploads again: the VM's next retry gets through
+    _wait_for(lambda: compute.get_vm(cfg, name) is None, 60, "the VM to upload and delete itself")
+    assert storage.get_blob(cfg, f"{run_id}/m.zip") is not None
+    assert _status(cfg, run_id, name)["state"] == "done"
+
+
+def test_a_preempted_run_without_wait_says_so_and_reruns_only_its_unfinished_models(cfg, image, localcloud,
+                                                                                     tmp_path):
+    base = tmp_path / "batch"
+    for model in ("first", "second", "third"):
+        _tcl(base, model, SLOW_TCL.format(ms=1500))
+    (base / "batch.txt").write_text("first timeout=5\nsecond timeout=5\nthird timeout=5\n")
+    out = runstaged.run_staged(cfg, base / "batch.txt", spot=True, image=image)
+    (vm,) = out.vms
+    _wait_for(lambda: _status(cfg, out.run_id, vm).get("per_model", {}).get("first", {}).get("state") == "ok" and
+              _status(cfg, out.run_id, vm).get("current_model") == "second", 60, "the second model to start")
+    t0 = time.monotonic()
+    localcloud.admin(f"preempt/{cfg.project}/{cfg.zone}/{vm}", {})
+    try:
+        status = _wait_for(lambda: (s := _status(cfg, out.run_id, vm)).get("state") == "preempted" and s, 20,
+                           "the preempted status")
+    except AssertionError:
+        log = storage.download_bytes(cfg, f"_logs/{out.run_id}/_vm-{vm}.log") or b"(no VM log)"
+        raise AssertionError(f"status {_status(cfg, out.run_id, vm)}; VM log:\n{log.decode()}") from None
+    print(f"\nFIGURE preemption: status says preempted {time.monotonic() - t0:.1f} s after the preempt call")
+    assert runstatus.unfinished(status) == ["second", "third"]
+    shown = runlog.format_log(runlog.run_log(cfg, out.run_id))
+    assert "preempted before it finished: second, third" in shown and f"RERUN={out.run_id}" in shown
+    again = runstaged.run_staged(cfg, None, rerun=out.run_id, wait=True, results_dir=tmp_path / "r", image=image,
+                                 tail=False)
+    assert sorted(again.models) == ["second", "third"] and not again.lost
+    assert {r["model"]: r["state"] for r in again.rows} == {"second": "ok", "third": "ok"}
+    assert all(compute.get_vm(cfg, v) is None for v in again.vms)

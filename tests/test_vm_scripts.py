@@ -110,11 +110,11 @@ def _oldest_vm_python() -> str | None:
 def test_vm_python_helpers_run_on_python_3_6(tmp_path):
     """The helpers run on the VM's own python3, which on Rocky 8 may be 3.6 without google_crc32c."""
     py36 = _oldest_vm_python()
-    helpers = _bash('printf "%s" "$OPS_PY_HELPERS"')
+    helpers = str(REPO / "vm-scripts" / "ops_helpers.py")
     data = bytes(range(256)) * 40
     (tmp_path / "m" / "out").mkdir(parents=True)
     (tmp_path / "m" / "out" / "disp.out").write_bytes(data)
-    run = lambda *args: subprocess.run([py36, "-c", helpers, *args], check=True, capture_output=True,  # noqa: E731
+    run = lambda *args: subprocess.run([py36, helpers, *args], check=True, capture_output=True,  # noqa: E731
                                        text=True, cwd=tmp_path).stdout
     assert run("crc32c", "m/out/disp.out").strip() == _crc(data)
     (tmp_path / "snap.json").write_text("{}")
@@ -127,3 +127,54 @@ def test_vm_python_helpers_run_on_python_3_6(tmp_path):
                                                               {"name": "P/MANIFEST.json", "size": "9"}]}))
     run("seal", "P/", "seal.json", "page.json")
     assert json.loads((tmp_path / "seal.json").read_text())["files"] == [{"path": "a.out", "size": 5, "crc32c": "x=="}]
+    assert run("names", "page.json").split() == ["P/a.out", "P/MANIFEST.json"]
+    assert run("urlencode", "a b/c").strip() == "a%20b%2Fc"
+    _batch_json(tmp_path / "batch.json")
+    assert run("models", "batch.json", "30", "b").splitlines() == ["b\tmain.tcl\t2\t4.000\tz/b.zip\tcrc-b"]
+
+
+def _helpers():
+    """vm-scripts/ops_helpers.py as a module (it is a script on the VM, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ops_helpers", REPO / "vm-scripts" / "ops_helpers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _batch_json(path: Path) -> None:
+    path.write_text(json.dumps({"models": [
+        {"name": "a", "main": "main.tcl", "cores": 1, "timeout_min": 1, "zip": "z/a.zip", "crc32c": "crc-a"},
+        {"name": "b", "main": "main.tcl", "cores": 2, "timeout_min": 2, "zip": "z/b.zip", "crc32c": "crc-b"}]}))
+
+
+def test_models_lists_the_shard_with_scaled_timeouts(tmp_path):
+    h = _helpers()
+    _batch_json(tmp_path / "batch.json")
+    assert h.models(str(tmp_path / "batch.json"), "1", "") == [
+        "a\tmain.tcl\t1\t60.000\tz/a.zip\tcrc-a", "b\tmain.tcl\t2\t120.000\tz/b.zip\tcrc-b"]
+    assert h.models(str(tmp_path / "batch.json"), "60", "b,x") == ["b\tmain.tcl\t2\t2.000\tz/b.zip\tcrc-b"]
+    assert h.models(str(tmp_path / "batch.json"), "0", "a") == ["a\tmain.tcl\t1\t60.000\tz/a.zip\tcrc-a"]
+
+
+def test_field_and_crc32c_fallback_agree_with_gcs(tmp_path):
+    h = _helpers()
+    assert h.field("crc32c", '{"crc32c": "abc=", "size": null}') == "abc="
+    assert h.field("size", '{"size": null}') == "" and h.field("missing", "{}") == ""
+    data = b"123456789" * 1000
+    (tmp_path / "f").write_bytes(data)
+    h._TABLE.clear()
+    import sys
+
+    sys.modules["google_crc32c"] = None  # the VM may not have it: the pure-Python table must agree
+    try:
+        assert h.crc32c(str(tmp_path / "f")) == _crc(data)
+    finally:
+        del sys.modules["google_crc32c"]
+
+
+def test_calc_does_float_arithmetic_with_awk():
+    assert _bash('ops_calc "1.75 - 0.5"').strip() == "1.250"
+    assert _bash('ops_calc "(12.5 >= 12)"').strip() == "1.000"
+    assert _bash('ops_calc "(2 * 2 > 3) ? 3 : 4"').strip() == "3.000"

@@ -3,8 +3,9 @@
 #
 #   source "$(dirname "$0")/lib.sh"
 #
-# Only bash, curl and python3 are needed: no gcloud, no gsutil. Every endpoint comes from the
-# environment, so the same code runs on a real GCE VM and on a local-cloud VM:
+# ops_helpers.py must sit next to this file. Only bash, curl, awk and python3 are needed: no gcloud,
+# no gsutil. Every endpoint comes from the environment, so the same code runs on a real GCE VM and on
+# a local-cloud VM:
 #   GCE_METADATA_HOST     metadata server (default metadata.google.internal)
 #   OPS_HPC_STORAGE_API   Cloud Storage JSON API base (default https://storage.googleapis.com)
 #   OPS_HPC_COMPUTE_API   Compute API base ending in /compute/v1 (default https://compute.googleapis.com/compute/v1)
@@ -17,7 +18,8 @@
 #   ops_log MESSAGE...              -> timestamped line on stderr (the VM's console / run log)
 #   ops_md PATH                     -> metadata value under computeMetadata/v1/ (exit 1 if absent)
 #   ops_md_attr KEY [DEFAULT]       -> instance attribute KEY, or DEFAULT when unset
-#   ops_token                       -> OAuth access token of the VM's service account (cached, refreshed)
+#   ops_token                       -> OAuth access token of the VM's service account (cached, refreshed;
+#                                      call it in the main shell now and then: $(...) subshells reuse that cache)
 #   ops_urlencode TEXT              -> TEXT percent-encoded for a URL path segment or query value
 #   ops_gcs_upload FILE OBJECT [CONTENT_TYPE]   -> upload; prints the object's JSON resource
 #   ops_gcs_upload_verified FILE OBJECT [TYPE]  -> upload and check GCS's CRC32C equals the file's
@@ -26,7 +28,8 @@
 #   ops_gcs_list PREFIX                         -> object names under PREFIX, one per line
 #   ops_gcs_seal PREFIX                         -> PREFIX/MANIFEST.json of what is there, uploaded last
 #   ops_crc32c FILE                 -> base64 CRC32C as GCS reports it
-#   ops_pyhelp COMMAND ARGS...      -> python3 helpers: crc32c, snapshot, result (see below)
+#   ops_pyhelp COMMAND ARGS...      -> python3 helpers in ops_helpers.py (crc32c, snapshot, result, seal, ...)
+#   ops_calc EXPR                   -> floating-point arithmetic through awk, 3 decimals
 #   ops_self_delete                 -> ask Compute Engine to delete this VM (falls back to poweroff on GCE)
 # Variables: OPS_BUCKET must be set before the gcs functions are used.
 
@@ -83,7 +86,7 @@ ops_md_attr() {
 
 ops_json_field() {
   # ops_json_field FIELD < json : one top-level field of a JSON object ("" when absent).
-  ops_python -c 'import json,sys; d=json.load(sys.stdin); v=d.get(sys.argv[1], ""); print(v if v is not None else "")' "$1"
+  ops_pyhelp field "$1"
 }
 
 ops_token() {
@@ -97,7 +100,8 @@ ops_token() {
 }
 
 ops_urlencode() {
-  ops_python -c 'import sys; from urllib.parse import quote; print(quote(sys.argv[1], safe=""))' "$1"
+  # object names made of safe characters (run ids, model names, paths) need no Python: only '/' changes
+  if [[ "$1" =~ ^[A-Za-z0-9._~/-]*$ ]]; then printf '%s\n' "${1//\//%2F}"; else ops_pyhelp urlencode "$1"; fi
 }
 
 ops_gcs_upload() {
@@ -156,7 +160,7 @@ ops_gcs_list() {
     code=$(ops_curl "$tmp" -H "Authorization: Bearer ${token}" \
       "${OPS_STORAGE_API}/storage/v1/b/${OPS_BUCKET}/o?prefix=$(ops_urlencode "$prefix")&fields=items(name),nextPageToken${page:+&pageToken=$(ops_urlencode "$page")}")
     [ "$code" = "200" ] || { rm -f "$tmp"; ops_log "listing gs://${OPS_BUCKET}/${prefix} failed: HTTP ${code}"; return 1; }
-    ops_python -c 'import json,sys; [print(i["name"]) for i in json.load(open(sys.argv[1])).get("items", [])]' "$tmp"
+    ops_pyhelp names "$tmp"
     page=$(ops_json_field nextPageToken < "$tmp")
     [ -n "$page" ] || break
   done
@@ -192,93 +196,13 @@ ops_gcs_seal() {
 
 ops_crc32c() { ops_pyhelp crc32c "$1"; }
 
-# ops_pyhelp COMMAND ARGS... : the python3 helpers (Python 3.6+, standard library only; google_crc32c
-# is used when importable, else a pure-python CRC32C gives the same base64 value GCS reports).
-#   crc32c FILE                      base64 CRC32C of FILE
-#   snapshot DIR OUT                 record DIR's files (path, size, mtime) into OUT: the inputs
-#   seal PREFIX OUT PAGE...          MANIFEST.json (format 1, kind push) of the objects in listing PAGEs
-#   result DIR SNAPSHOT ZIP K=V...   zip every file of DIR that is not an unchanged input, plus a
-#                                    MANIFEST.json at the root ({"format": 1, K: V..., "files": [...]})
-ops_pyhelp() { ops_python -c "$OPS_PY_HELPERS" "$@"; }
-OPS_PY_HELPERS=$(cat <<'PY'
-import base64, json, os, struct, sys, zipfile
+# ops_pyhelp COMMAND ARGS... : the Python helpers in ops_helpers.py next to this file (crc32c,
+# snapshot, result, seal, field, urlencode, names, models: see its docstring). Python 3.6+, stdlib only.
+OPS_HELPERS_PY="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/ops_helpers.py"
+ops_pyhelp() { ops_python "$OPS_HELPERS_PY" "$@"; }
 
-def crc32c(path):
-    try:
-        import google_crc32c
-        c = google_crc32c.Checksum()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                c.update(block)
-        return base64.b64encode(c.digest()).decode()
-    except ImportError:
-        pass
-    table = []
-    for i in range(256):
-        v = i
-        for _ in range(8):
-            v = (v >> 1) ^ 0x82F63B78 if v & 1 else v >> 1
-        table.append(v)
-    crc = 0xFFFFFFFF
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            for byte in bytearray(block):
-                crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return base64.b64encode(struct.pack(">I", crc ^ 0xFFFFFFFF)).decode()
-
-def files(root):
-    out = {}
-    for dirpath, dirnames, names in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
-        for name in names:
-            full = os.path.join(dirpath, name)
-            if os.path.islink(full) or not os.path.isfile(full):
-                continue
-            st = os.stat(full)
-            out[os.path.relpath(full, root).replace(os.sep, "/")] = [st.st_size, st.st_mtime_ns]
-    return out
-
-cmd, args = sys.argv[1], sys.argv[2:]
-if cmd == "crc32c":
-    print(crc32c(args[0]))
-elif cmd == "snapshot":
-    with open(args[1], "w") as fh:
-        json.dump(files(args[0]), fh)
-elif cmd == "result":
-    root, snap, dest = args[0], args[1], args[2]
-    with open(snap) as fh:
-        inputs = json.load(fh)
-    meta = {"format": 1}
-    for kv in args[3:]:
-        k, v = kv.split("=", 1)
-        meta[k] = int(v) if k == "exit_code" else float(v) if k == "seconds" else v
-    listed = []
-    for path, (size, mtime) in sorted(files(root).items()):
-        if path == "MANIFEST.json" or inputs.get(path) == [size, mtime]:
-            continue
-        listed.append({"path": path, "size": size, "crc32c": crc32c(os.path.join(root, path))})
-    meta["files"] = listed
-    with zipfile.ZipFile(dest + ".part", "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-        for entry in listed:
-            zf.write(os.path.join(root, entry["path"]), entry["path"])
-        zf.writestr("MANIFEST.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(dest + ".part", dest)
-    print(len(listed), sum(e["size"] for e in listed))
-elif cmd == "seal":
-    prefix, dest, listed = args[0], args[1], []
-    for page in args[2:]:
-        with open(page) as fh:
-            for item in json.load(fh).get("items", []):
-                path = item["name"][len(prefix):]
-                if path and path != "MANIFEST.json":
-                    listed.append({"path": path, "size": int(item["size"]), "crc32c": item.get("crc32c", "")})
-    with open(dest, "w") as fh:
-        json.dump({"format": 1, "kind": "push", "files": sorted(listed, key=lambda e: e["path"])}, fh,
-                  indent=2, sort_keys=True)
-else:
-    sys.exit("unknown helper command " + cmd)
-PY
-)
+# ops_calc EXPR : floating-point arithmetic with awk (no Python process), e.g. ops_calc "$t1 - $t0"
+ops_calc() { awk "BEGIN { printf \"%.3f\n\", ($1) }"; }
 
 ops_self_delete() {
   # DELETE this instance through the Compute API with the VM's own token. A VM cannot outlive that

@@ -9,6 +9,8 @@
 #                                    relaunches after preemption); default: every model of the batch
 #   ops-hpc-time-scale               local cloud only: model timeouts are divided by it (default 1)
 #   ops-hpc-log-interval             seconds between log uploads while a model runs (default 5)
+#   ops-hpc-max-run-end              epoch seconds when Google deletes this VM (its max run duration): a
+#                                    result whose upload keeps failing is retried until shortly before it
 #
 # Bucket layout (see README, "run-staged"):
 #   in:   _uploads/RUN_ID/batch.json, _uploads/RUN_ID/MODEL.zip
@@ -17,7 +19,10 @@
 #         _logs/RUN_ID/MODEL.log (uploaded every few seconds while it runs), _logs/RUN_ID/_vm-VM.log
 # A model that fails or times out still uploads what it produced, marked failed/timeout in its manifest.
 # After the last model the VM deletes itself; max run duration stays the backstop. If a result could
-# not be uploaded the VM stays up (status upload_failed) so `make emergency` can still save it.
+# not be uploaded, the VM says so (state=upload_failed, stranded=MODELS, work=FOLDER) and keeps retrying
+# with backoff until shortly before its max run end, so the following PC or `make emergency` can copy
+# the zip off its disk meanwhile. A script that dies early publishes state=error (the PC deletes the
+# VM at once); SIGTERM (spot preemption, shutdown) publishes state=preempted with the unfinished models.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -31,25 +36,30 @@ VM=$(ops_md instance/name || hostname)
 SUBSET=$(ops_md_attr ops-hpc-models "" | tr ',' ' ')
 SCALE=$(ops_md_attr ops-hpc-time-scale 1)
 LOG_EVERY=$(ops_md_attr ops-hpc-log-interval 5)
+MAX_END=$(ops_md_attr ops-hpc-max-run-end "")
 WORK="$(ops_path /opt/ops-hpc/work)/${RUN_ID}"
 RUNLOG="${WORK}/_vm-${VM}.log"
 STARTED=$(ops_now)
 LAST_UPLOAD=""
 STATE="booting"
+ERROR=""
 CURRENT=0
 CURRENT_MODEL=""
 MODEL_TIMEOUT=""
-declare -a NAMES=()
-declare -A MSTATE=() MSECS=()
+FINISHED=""
+declare -a NAMES=() STRANDED=()
+declare -A MSTATE=() MSECS=() RESULT=()  # RESULT: the model's own outcome (ok/failed/timeout) once zipped
 
 mkdir -p "$WORK"
 exec > >(tee -a "$RUNLOG") 2>&1
 
 status_text() {
-  local name
+  local name stranded
+  stranded=$(IFS=,; printf '%s' "${STRANDED[*]}")
   printf 'format=1\nrun_id=%s\nvm=%s\nstate=%s\nmodels=%s\ncurrent=%s\ncurrent_model=%s\n' \
     "$RUN_ID" "$VM" "$STATE" "${#NAMES[@]}" "$CURRENT" "$CURRENT_MODEL"
   printf 'current_timeout_s=%s\nstarted=%s\nupdated=%s\nlast_upload=%s\n' "$MODEL_TIMEOUT" "$STARTED" "$(ops_now)" "$LAST_UPLOAD"
+  printf 'stranded=%s\nwork=%s\nerror=%s\n' "$stranded" "/opt/ops-hpc/work/${RUN_ID}" "$ERROR"
   for name in "${NAMES[@]}"; do
     printf 'model.%s=%s%s\n' "$name" "${MSTATE[$name]}" "${MSECS[$name]:+ ${MSECS[$name]}}"
   done
@@ -58,6 +68,7 @@ status_text() {
 publish_status() {
   # this VM's own file first (the PC reads it), then the run's and the bucket's latest views
   local text
+  ops_token > /dev/null || true  # refresh the cache here, in the main shell: every upload's subshell reuses it
   text=$(status_text)
   ops_gcs_put_text "_status/${RUN_ID}/${VM}.txt" "$text" || ops_log "could not write the status file"
   ops_gcs_put_text "_status/${RUN_ID}.txt" "$text" || true
@@ -68,6 +79,7 @@ upload_runlog() { ops_gcs_upload "$RUNLOG" "_logs/${RUN_ID}/_vm-${VM}.log" text/
 
 finish() {
   # $1: final state. Self-delete unless a result is stranded on this disk.
+  FINISHED=1
   STATE="$1"
   CURRENT_MODEL=""
   publish_status
@@ -83,8 +95,14 @@ finish() {
 
 # shellcheck disable=SC2329  # invoked by the TERM trap
 on_term() {
-  # spot preemption or shutdown: say so while we can (GCE gives a spot VM 30 s)
+  # Spot preemption or shutdown: say so while we can (GCE gives a spot VM 30 s). The same signal has
+  # killed the `tee` behind stdout, so write to the run log directly and ignore SIGPIPE, or the first
+  # write of this trap would end the script before the status is out.
+  trap '' PIPE
   trap - TERM
+  [ -n "$FINISHED" ] && exit 0  # the TERM of this VM's own self-delete: the final status is already out
+  exec >> "$RUNLOG" 2>&1
+  FINISHED=1
   STATE="preempted"
   [ -n "$CURRENT_MODEL" ] && MSTATE[$CURRENT_MODEL]="interrupted"
   ops_log "SIGTERM: the VM is being stopped (preempted?)"
@@ -94,48 +112,37 @@ on_term() {
 }
 trap on_term TERM
 
-ops_log "run ${RUN_ID} on VM ${VM}, bucket ${OPS_BUCKET}"
-publish_status  # the PC's launch waits for this first status: the VM is up and can reach the bucket
+# shellcheck disable=SC2329  # invoked by the EXIT trap
+on_exit() {
+  # The script ended without finish(): publish a failure so the PC deletes this VM now, not at its max run end.
+  local rc=$?
+  [ -n "$FINISHED" ] && return
+  FINISHED=1
+  trap '' PIPE
+  exec >> "$RUNLOG" 2>&1
+  STATE="error"
+  ERROR="run_analysis.sh ended unexpectedly (exit ${rc})"
+  CURRENT_MODEL=""
+  ops_log "$ERROR"
+  publish_status
+  upload_runlog
+  [ "${#STRANDED[@]}" -eq 0 ] && ops_self_delete
+}
+trap on_exit EXIT
 
-if ! ops_gcs_download "_uploads/${RUN_ID}/batch.json" "$WORK/batch.json"; then
-  ops_log "no staged batch at gs://${OPS_BUCKET}/_uploads/${RUN_ID}/batch.json"
-  finish error
-fi
-# name <TAB> main <TAB> cores <TAB> timeout seconds (scaled) <TAB> zip object <TAB> crc32c
-ops_python - "$WORK/batch.json" "$SCALE" "$SUBSET" > "$WORK/models.tsv" <<'PY'
-import json, sys
-batch = json.load(open(sys.argv[1]))
-scale = float(sys.argv[2] or 1) or 1.0
-subset = sys.argv[3].split()
-for m in batch["models"]:
-    if subset and m["name"] not in subset:
-        continue
-    print("\t".join([m["name"], m["main"], str(m["cores"]), "%.3f" % (m["timeout_min"] * 60.0 / scale), m["zip"], m["crc32c"]]))
-PY
-while IFS=$'\t' read -r name _; do
-  NAMES+=("$name")
-  MSTATE[$name]="pending"
-done < "$WORK/models.tsv"
-[ "${#NAMES[@]}" -gt 0 ] || { ops_log "no models to run (subset: ${SUBSET:-all})"; finish error; }
-STATE="running"
-STRANDED=0
-
-while IFS=$'\t' read -r -u 3 name main cores secs zip crc; do
-  CURRENT=$((CURRENT + 1))
-  CURRENT_MODEL="$name"
-  MODEL_TIMEOUT="$secs"
+run_model() {
+  # run_model NAME MAIN CORES TIMEOUT_S ZIP CRC: download and check the input, run OpenSees under its
+  # timeout, zip what it produced with a manifest and upload it (or leave it stranded on this disk).
+  local name="$1" main="$2" cores="$3" secs="$4" zip="$5" crc="$6"
+  local dir="$WORK/models/$1" log state="failed" rc=1 t0 t1 started got="" pid streamer seconds nfiles nbytes
+  log="$dir/opensees.log"
   MSTATE[$name]="running"
   publish_status
-  dir="$WORK/models/$name"
-  log="$dir/opensees.log"
   rm -rf "$dir"
   mkdir -p "$dir"
   ops_log "model ${CURRENT}/${#NAMES[@]} ${name}: downloading"
-  state="failed"
-  rc=1
   t0=$(ops_epoch)
   started=$(ops_now)
-  got=""
   if ops_gcs_download "$zip" "$WORK/$name.in.zip"; then got=$(ops_crc32c "$WORK/$name.in.zip"); fi
   if [ "$got" != "$crc" ]; then
     echo "ops-hpc: staged input $zip missing or damaged (crc32c ${got:-none}, expected $crc)" > "$log"
@@ -160,31 +167,94 @@ while IFS=$'\t' read -r -u 3 name main cores secs zip crc; do
       124) state="timeout" ;;
       137) state="failed"
            # killed: by timeout's -k after the model ignored SIGTERM, or by something else (OOM)
-           ops_python -c 'import sys; sys.exit(0 if float(sys.argv[2]) - float(sys.argv[1]) >= float(sys.argv[3]) else 1)' \
-             "$t0" "$(ops_epoch)" "$secs" && state="timeout" ;;
+           [ "$(ops_calc "($(ops_epoch) - $t0) >= $secs")" != "0.000" ] && state="timeout" ;;
       *) state="failed" ;;
     esac
     [ "$state" = "timeout" ] && echo "ops-hpc: stopped after the model's timeout of ${secs} s" >> "$log"
   fi
   t1=$(ops_epoch)
-  seconds=$(ops_python -c 'import sys; print("%.3f" % (float(sys.argv[2]) - float(sys.argv[1])))' "$t0" "$t1")
+  seconds=$(ops_calc "$t1 - $t0")
   MSTATE[$name]="uploading"
   MSECS[$name]="$seconds"
   ops_gcs_upload "$log" "_logs/${RUN_ID}/${name}.log" text/plain > /dev/null || true
   read -r nfiles nbytes < <(ops_pyhelp result "$dir" "$WORK/$name.inputs" "$WORK/$name.zip" \
     "run_id=${RUN_ID}" "model=${name}" "state=${state}" "exit_code=${rc}" "started=${started}" \
     "finished=$(ops_now)" "seconds=${seconds}" "vm=${VM}")
+  rm -rf "$dir" "$WORK/$name.inputs"
   ops_log "model ${name}: ${state} (exit ${rc}, ${seconds} s), ${nfiles:-?} file(s), ${nbytes:-?} bytes: uploading"
-  if ops_gcs_upload_verified "$WORK/$name.zip" "${RUN_ID}/${name}.zip" application/zip; then
-    LAST_UPLOAD=$(ops_epoch)
-    MSTATE[$name]="$state"
-    rm -rf "$dir" "$WORK/$name.zip" "$WORK/$name.inputs"
-  else
+  MSTATE[$name]="$state"
+  RESULT[$name]="$state"
+  upload_result "$name" || {
     MSTATE[$name]="upload_failed"
-    STRANDED=$((STRANDED + 1))
+    STRANDED+=("$name")
     ops_log "model ${name}: result upload FAILED; it stays at ${WORK}/${name}.zip"
+  }
+}
+
+upload_result() {
+  # upload_result NAME: WORK/NAME.zip -> RUN_ID/NAME.zip, checked; the zip is removed once it is there.
+  if ops_gcs_upload_verified "$WORK/$1.zip" "${RUN_ID}/$1.zip" application/zip; then
+    LAST_UPLOAD=$(ops_epoch)
+    rm -f "$WORK/$1.zip"
+    return 0
   fi
+  return 1
+}
+
+retry_stranded() {
+  # Results whose upload failed: retry with backoff until shortly before the max run end (then Google
+  # deletes this VM). Meanwhile the status says stranded=..., so the PC can copy the zips off this disk.
+  local wait margin left name
+  wait=$(ops_calc "30 / $SCALE")
+  margin=$(ops_calc "300 / $SCALE")
+  while [ "${#STRANDED[@]}" -gt 0 ]; do
+    STATE="upload_failed"
+    publish_status
+    if [ -z "$MAX_END" ] || [ "$(ops_calc "$(ops_epoch) + $wait + $margin >= $MAX_END")" != "0.000" ]; then
+      ops_log "no time left before the max run end to retry ${STRANDED[*]}"
+      return 1
+    fi
+    ops_log "retrying the upload of ${STRANDED[*]} in ${wait} s"
+    sleep "$wait"
+    left=()
+    for name in "${STRANDED[@]}"; do
+      if [ -f "$WORK/$name.zip" ] && ! OPS_ATTEMPTS=2 upload_result "$name"; then
+        left+=("$name")
+        continue
+      fi
+      MSTATE[$name]="${RESULT[$name]}"
+      ops_log "model ${name}: result uploaded on a later try"
+    done
+    STRANDED=("${left[@]}")
+    wait=$(ops_calc "($wait * 2 > 300 / $SCALE) ? 300 / $SCALE : $wait * 2")
+  done
+  return 0
+}
+
+ops_log "run ${RUN_ID} on VM ${VM}, bucket ${OPS_BUCKET}"
+publish_status  # the PC's launch waits for this first status: the VM is up and can reach the bucket
+
+if ! ops_gcs_download "_uploads/${RUN_ID}/batch.json" "$WORK/batch.json"; then
+  ERROR="no staged batch at gs://${OPS_BUCKET}/_uploads/${RUN_ID}/batch.json"
+  ops_log "$ERROR"
+  finish error
+fi
+# name <TAB> main <TAB> cores <TAB> timeout seconds (scaled) <TAB> zip object <TAB> crc32c
+ops_pyhelp models "$WORK/batch.json" "$SCALE" "$SUBSET" > "$WORK/models.tsv"
+while IFS=$'\t' read -r name _; do
+  NAMES+=("$name")
+  MSTATE[$name]="pending"
+done < "$WORK/models.tsv"
+[ "${#NAMES[@]}" -gt 0 ] || { ERROR="no models to run (subset: ${SUBSET:-all})"; ops_log "$ERROR"; finish error; }
+STATE="running"
+
+while IFS=$'\t' read -r -u 3 name main cores secs zip crc; do
+  CURRENT=$((CURRENT + 1))
+  CURRENT_MODEL="$name"
+  MODEL_TIMEOUT="$secs"
+  run_model "$name" "$main" "$cores" "$secs" "$zip" "$crc"
 done 3< "$WORK/models.tsv"
 
-if [ "$STRANDED" -gt 0 ]; then finish upload_failed; fi
+CURRENT_MODEL=""
+if ! retry_stranded; then finish upload_failed; fi
 finish "done"

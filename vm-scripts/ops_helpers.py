@@ -1,0 +1,164 @@
+"""The Python helpers of the VM scripts (lib.sh calls them as `ops_pyhelp COMMAND ARGS...`).
+
+Runs ON the VM with whatever python3 it has: on Rocky 8 that is platform-python 3.6, so this file uses
+only the standard library and Python 3.6 syntax (google_crc32c is used when importable, else a pure
+Python CRC32C gives the same base64 value GCS reports). It travels with the run (staged next to
+lib.sh) and is copied with the ssh tools, so a VM always runs the helpers its scripts were written for.
+
+    crc32c FILE                      base64 CRC32C of FILE
+    snapshot DIR OUT                 record DIR's files (path, size, mtime) into OUT: the inputs
+    result DIR SNAPSHOT ZIP K=V...   zip every file of DIR that is not an unchanged input, plus a
+                                     MANIFEST.json at the root ({"format": 1, K: V..., "files": [...]})
+    seal PREFIX OUT PAGE...          MANIFEST.json (format 1, kind push) of the objects in listing PAGEs
+    field NAME < JSON                one top-level field of a JSON object ("" when absent)
+    urlencode TEXT                   TEXT percent-encoded for a URL path segment or query value
+    names PAGE                       the object names of one listing page, one per line
+    models BATCH_JSON SCALE SUBSET   name, main, cores, scaled timeout s, zip, crc32c (tab separated) of
+                                     every model of the batch, or only those named in SUBSET
+"""
+
+import base64
+import json
+import os
+import struct
+import sys
+import zipfile
+from urllib.parse import quote
+
+_TABLE = []
+
+
+def _table():
+    if not _TABLE:
+        for i in range(256):
+            v = i
+            for _ in range(8):
+                v = (v >> 1) ^ 0x82F63B78 if v & 1 else v >> 1
+            _TABLE.append(v)
+    return _TABLE
+
+
+def crc32c(path):
+    """Base64 big-endian CRC32C of a file, as GCS reports it."""
+    try:
+        import google_crc32c
+
+        c = google_crc32c.Checksum()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                c.update(block)
+        return base64.b64encode(c.digest()).decode()
+    except ImportError:
+        pass
+    table = _table()
+    crc = 0xFFFFFFFF
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            for byte in bytearray(block):
+                crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return base64.b64encode(struct.pack(">I", crc ^ 0xFFFFFFFF)).decode()
+
+
+def files(root):
+    """{relative posix path: [size, mtime_ns]} of the regular files under root, symlinks left out."""
+    out = {}
+    for dirpath, dirnames, names in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        for name in names:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full) or not os.path.isfile(full):
+                continue
+            st = os.stat(full)
+            out[os.path.relpath(full, root).replace(os.sep, "/")] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def snapshot(root, dest):
+    with open(dest, "w") as fh:
+        json.dump(files(root), fh)
+
+
+def result(root, snap, dest, pairs):
+    """Zip the new or changed files of root with a MANIFEST.json; returns (files, bytes)."""
+    with open(snap) as fh:
+        inputs = json.load(fh)
+    meta = {"format": 1}
+    for kv in pairs:
+        k, v = kv.split("=", 1)
+        meta[k] = int(v) if k == "exit_code" else float(v) if k == "seconds" else v
+    listed = []
+    for path, (size, mtime) in sorted(files(root).items()):
+        if path == "MANIFEST.json" or inputs.get(path) == [size, mtime]:
+            continue
+        listed.append({"path": path, "size": size, "crc32c": crc32c(os.path.join(root, path))})
+    meta["files"] = listed
+    with zipfile.ZipFile(dest + ".part", "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        for entry in listed:
+            zf.write(os.path.join(root, entry["path"]), entry["path"])
+        zf.writestr("MANIFEST.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(dest + ".part", dest)
+    return len(listed), sum(e["size"] for e in listed)
+
+
+def seal(prefix, dest, pages):
+    listed = []
+    for page in pages:
+        with open(page) as fh:
+            for item in json.load(fh).get("items", []):
+                path = item["name"][len(prefix):]
+                if path and path != "MANIFEST.json":
+                    listed.append({"path": path, "size": int(item["size"]), "crc32c": item.get("crc32c", "")})
+    with open(dest, "w") as fh:
+        json.dump({"format": 1, "kind": "push", "files": sorted(listed, key=lambda e: e["path"])}, fh,
+                  indent=2, sort_keys=True)
+
+
+def field(name, text):
+    value = json.loads(text).get(name, "")
+    return "" if value is None else str(value)
+
+
+def models(batch_json, scale, subset):
+    """Tab-separated lines of the models this VM runs, timeouts divided by the clock scale."""
+    with open(batch_json) as fh:
+        batch = json.load(fh)
+    factor = float(scale or 1) or 1.0
+    wanted = subset.replace(",", " ").split()
+    lines = []
+    for m in batch["models"]:
+        if wanted and m["name"] not in wanted:
+            continue
+        lines.append("\t".join([m["name"], m["main"], str(m["cores"]), "%.3f" % (m["timeout_min"] * 60.0 / factor),
+                                m["zip"], m["crc32c"]]))
+    return lines
+
+
+def main(argv):
+    if not argv:
+        sys.exit("usage: ops_helpers.py COMMAND ARGS...")
+    cmd, args = argv[0], argv[1:]
+    if cmd == "crc32c":
+        print(crc32c(args[0]))
+    elif cmd == "snapshot":
+        snapshot(args[0], args[1])
+    elif cmd == "result":
+        print(*result(args[0], args[1], args[2], args[3:]))
+    elif cmd == "seal":
+        seal(args[0], args[1], args[2:])
+    elif cmd == "field":
+        print(field(args[0], sys.stdin.read()))
+    elif cmd == "urlencode":
+        print(quote(args[0], safe=""))
+    elif cmd == "names":
+        with open(args[0]) as fh:
+            for item in json.load(fh).get("items", []):
+                print(item["name"])
+    elif cmd == "models":
+        for line in models(args[0], args[1], args[2] if len(args) > 2 else ""):
+            print(line)
+    else:
+        sys.exit("unknown helper command " + cmd)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
