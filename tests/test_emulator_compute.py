@@ -17,7 +17,6 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
 from lib.localcloud.compute import ComputeEmulator
-from lib.localcloud.compute.models import compile_filter, parse_machine_type
 from lib.localcloud.faults import FaultRegistry
 from lib.localcloud.http import AppServer
 from lib.localcloud.vms import VM_MARKER
@@ -124,34 +123,6 @@ def names(cloud: Cloud, flt: str | None = None) -> list[str]:
 def script_done(cloud: Cloud, name: str) -> dict[str, Any]:
     return wait_for(lambda: (v := cloud.admin(f"vms/{PROJECT}/{ZONE}/{name}"))["script_done"] and v, 20,
                     f"startup script of {name}")
-
-
-# ----------------------------------------------------------------------------------------------- pure logic
-
-
-@pytest.mark.parametrize("flt,expected", [
-    ('labels.env = "prod"', True), ("labels.env=prod", True), ("labels.env = dev", False),
-    ("name = vm-1 status = RUNNING", True), ("name=vm-1 AND status=TERMINATED", False),
-    ("(labels.env = prod) (labels.team = a)", True), ('(name = "vm-*") OR (name = x)', True),
-    ("labels.missing != x", True), ("zone = us-central1-a", True), ("name eq vm-.*", True),
-    ("NOT labels.env = prod", False), ("scheduling.preemptible = true", True),
-])
-def test_list_filter(flt: str, expected: bool) -> None:
-    resource = {"name": "vm-1", "status": "RUNNING", "labels": {"env": "prod", "team": "a"},
-                "zone": f"https://www.googleapis.com/compute/v1/projects/p/zones/{ZONE}",
-                "scheduling": {"preemptible": True}}
-    assert compile_filter(flt)(resource) is expected
-
-
-def test_machine_types() -> None:
-    assert parse_machine_type("c2d-standard-32")["guestCpus"] == 32
-    assert parse_machine_type("n2-standard-8")["memoryMb"] == 32768
-    assert parse_machine_type("h3-standard-88")["metric"] == "H3_CPUS"
-    assert parse_machine_type("c3-highcpu-22")["guestCpus"] == 22
-    assert parse_machine_type("n2-custom-8-32768")["memoryMb"] == 32768
-    assert parse_machine_type("e2-micro")["guestCpus"] == 2
-    for bad in ("e2-standard-3", "zz-standard-4", "h3-standard-8", "n2-custom-7-1024", "e2"):
-        assert parse_machine_type(bad) is None
 
 
 # ----------------------------------------------------------------------------------------------- API

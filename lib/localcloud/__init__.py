@@ -17,9 +17,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lib.errors import OpsError
-
 STATE_FILE = "localcloud.json"
+DEFAULT_PROJECT = "ops-hpc-local"  # the project id the local cloud's VMs and gcloud see unless told otherwise
+
+
+class LocalCloudError(Exception):
+    """A local cloud failure the user can act on (not running, failed to start); the message says what to do.
+
+    The emulator imports nothing from the application; the application turns this into its own error type.
+    """
 
 
 def home(state_dir: Path) -> Path:
@@ -53,7 +59,7 @@ def running_endpoints(state_dir: Path) -> dict[str, str]:
     """Endpoints of the running local cloud, or a clear error saying how to start it."""
     state = read_state(state_dir)
     if not state or not is_alive(state["pid"], state.get("create_time")):
-        raise OpsError(
+        raise LocalCloudError(
             f"the local cloud is not running (state dir {state_dir}): start it with `bin/localcloud up` "
             "or `make localcloud-up`, or set OPS_HPC_BACKEND=gcp"
         )

@@ -12,9 +12,8 @@ from typing import Any
 
 import psutil
 
-from lib.errors import OpsError
-from lib.jsonfile import lock_for
-from lib.localcloud import STATE_FILE, admin, home, is_alive, read_state, shell_env
+from lib.localcloud import DEFAULT_PROJECT, STATE_FILE, LocalCloudError, admin, home, is_alive, read_state, shell_env
+from lib.localcloud.files import lock_for
 
 REPO = Path(__file__).resolve().parents[2]
 Log = Callable[[str], None]
@@ -74,7 +73,8 @@ def _kill_recorded(state: dict[str, Any], on_log: Log) -> int:
 
 
 def up(
-    state_dir: Path, *, storage_backend: str = "filesystem", time_scale: float = 1.0, on_log: Log = _quiet
+    state_dir: Path, *, storage_backend: str = "filesystem", time_scale: float = 1.0, on_log: Log = _quiet,
+    project: str = DEFAULT_PROJECT,
 ) -> dict[str, Any]:
     """Start the daemon in the background unless it already runs; returns its endpoints."""
     root = home(state_dir)
@@ -90,7 +90,7 @@ def up(
             (root / STATE_FILE).unlink(missing_ok=True)
         log_path = root / "daemon.log"
         cmd = [sys.executable, "-m", "lib.localcloud.daemon", "--state-dir", str(Path(state_dir).resolve()),
-               "--storage-backend", storage_backend, "--time-scale", str(time_scale)]
+               "--storage-backend", storage_backend, "--time-scale", str(time_scale), "--project", project]
         kwargs: dict[str, Any] = {}
         if os.name == "nt":
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS
@@ -110,7 +110,7 @@ def up(
             time.sleep(0.05)
         proc.kill()
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-        raise OpsError(f"the local cloud failed to start; see {log_path}: {' | '.join(tail)}")
+        raise LocalCloudError(f"the local cloud failed to start; see {log_path}: {' | '.join(tail)}")
 
 
 def down(state_dir: Path, *, on_log: Log = _quiet) -> bool:

@@ -25,9 +25,7 @@ from typing import BinaryIO
 import psutil
 from werkzeug import Request, Response
 
-from lib import jsonfile
-from lib.config import LOCAL_PROJECT
-from lib.localcloud import STATE_FILE, home, vm_environment
+from lib.localcloud import DEFAULT_PROJECT, STATE_FILE, files, home, vm_environment
 from lib.localcloud.faults import FaultRegistry
 from lib.localcloud.http import AppServer, google_error, json_response
 from lib.localcloud.storage_door import StorageDoor
@@ -102,7 +100,8 @@ class AdminRouter:
         return self.emulator(request)
 
 
-def serve(state_dir: Path, *, storage_backend: str = "filesystem", time_scale: float = 1.0) -> None:
+def serve(state_dir: Path, *, storage_backend: str = "filesystem", time_scale: float = 1.0,
+          project: str = DEFAULT_PROJECT) -> None:
     from lib.localcloud.compute import ComputeEmulator
     from lib.localcloud.monitoring import serve_monitoring
 
@@ -132,7 +131,7 @@ def serve(state_dir: Path, *, storage_backend: str = "filesystem", time_scale: f
         "compute": compute.url,
         "monitoring": f"127.0.0.1:{mon_port}",
     }
-    emulator.vm_env.update(vm_environment(endpoints, LOCAL_PROJECT))
+    emulator.vm_env.update(vm_environment(endpoints, project))
     me = psutil.Process()
     state = {
         "pid": os.getpid(),
@@ -154,14 +153,14 @@ def serve(state_dir: Path, *, storage_backend: str = "filesystem", time_scale: f
         if sig is not None:
             signal.signal(sig, on_signal)
 
-    jsonfile.write_atomic(state_path, state)
+    files.write_atomic(state_path, state)
     last_vms = None
     try:
         while not stop.wait(0.5):
             vms = [{"pid": pid, "create_time": ct} for pid, ct in emulator.vm_processes()]
             if vms != last_vms:
                 state["vms"] = vms
-                jsonfile.write_atomic(state_path, state)
+                files.write_atomic(state_path, state)
                 last_vms = vms
             if gcs.poll() is not None:
                 log.write(b"fake-gcs-server died; shutting down\n")
@@ -184,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--storage-backend", choices=("filesystem", "memory"), default="filesystem")
     parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--project", default=DEFAULT_PROJECT, help="project id the VMs (and gcloud in them) use")
     args = parser.parse_args(argv)
-    serve(args.state_dir, storage_backend=args.storage_backend, time_scale=args.time_scale)
+    serve(args.state_dir, storage_backend=args.storage_backend, time_scale=args.time_scale, project=args.project)
     return 0
 
 
