@@ -19,6 +19,10 @@ from typing import Any
 
 STATE_FILE = "localcloud.json"
 DEFAULT_PROJECT = "ops-hpc-local"  # the project id the local cloud's VMs and gcloud see unless told otherwise
+# Seconds each step of a Compute operation takes (an insert has three: disk, STAGING, RUNNING), drawn
+# uniformly: short enough for the test suite, long enough that code which forgets to wait sees PROVISIONING.
+DEFAULT_OP_DELAY = (0.05, 0.3)
+REALISTIC_OP_DELAY = (5.0, 20.0)  # `--realistic`: GCE takes tens of seconds to create or delete a VM
 
 
 class LocalCloudError(Exception):
@@ -26,6 +30,18 @@ class LocalCloudError(Exception):
 
     The emulator imports nothing from the application; the application turns this into its own error type.
     """
+
+
+def parse_delay(text: str) -> tuple[float, float]:
+    """'0.2:1.5' (or one number) -> (low, high) seconds, as `bin/localcloud up --op-delay` takes it."""
+    try:
+        low, _, high = text.partition(":")
+        pair = (float(low), float(high or low))
+    except ValueError:
+        raise ValueError(f"not a delay range LOW:HIGH in seconds: {text!r}") from None
+    if not 0 <= pair[0] <= pair[1]:
+        raise ValueError(f"delay range must be 0 <= LOW <= HIGH: {text!r}")
+    return pair
 
 
 def home(state_dir: Path) -> Path:

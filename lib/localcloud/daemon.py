@@ -25,7 +25,7 @@ from typing import BinaryIO
 import psutil
 from werkzeug import Request, Response
 
-from lib.localcloud import DEFAULT_PROJECT, STATE_FILE, files, home, vm_environment
+from lib.localcloud import DEFAULT_OP_DELAY, DEFAULT_PROJECT, STATE_FILE, files, home, parse_delay, vm_environment
 from lib.localcloud.faults import FaultRegistry
 from lib.localcloud.http import AppServer, google_error, json_response
 from lib.localcloud.storage_door import StorageDoor
@@ -101,7 +101,8 @@ class AdminRouter:
 
 
 def serve(state_dir: Path, *, storage_backend: str = "filesystem", time_scale: float = 1.0,
-          project: str = DEFAULT_PROJECT) -> None:
+          project: str = DEFAULT_PROJECT, op_delay: tuple[float, float] = DEFAULT_OP_DELAY,
+          rtt_ms: float = 0.0, mbit: float = 0.0) -> None:
     from lib.localcloud.compute import ComputeEmulator
     from lib.localcloud.monitoring import serve_monitoring
 
@@ -117,7 +118,7 @@ def serve(state_dir: Path, *, storage_backend: str = "filesystem", time_scale: f
     try:
         door.upstream = ("127.0.0.1", gcs_port)
         door.start()
-        emulator = ComputeEmulator(root / "compute", faults=faults, time_scale=time_scale)
+        emulator = ComputeEmulator(root / "compute", faults=faults, time_scale=time_scale, op_delay=op_delay)
         compute = AppServer(AdminRouter(emulator, faults))
         compute.start()
         grpc_server, mon_port = serve_monitoring(emulator.model, faults)
@@ -184,8 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-backend", choices=("filesystem", "memory"), default="filesystem")
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--project", default=DEFAULT_PROJECT, help="project id the VMs (and gcloud in them) use")
+    parser.add_argument("--op-delay", type=parse_delay, default=DEFAULT_OP_DELAY, metavar="LOW:HIGH",
+                        help="seconds each step of a Compute operation takes")
+    parser.add_argument("--rtt-ms", type=float, default=0.0, help="storage door: added round-trip time")
+    parser.add_argument("--mbit", type=float, default=0.0, help="storage door: bandwidth cap (0: none)")
     args = parser.parse_args(argv)
-    serve(args.state_dir, storage_backend=args.storage_backend, time_scale=args.time_scale, project=args.project)
+    serve(args.state_dir, storage_backend=args.storage_backend, time_scale=args.time_scale, project=args.project,
+          op_delay=args.op_delay, rtt_ms=args.rtt_ms, mbit=args.mbit)
     return 0
 
 

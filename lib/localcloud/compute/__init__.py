@@ -10,6 +10,7 @@ from pathlib import Path
 from werkzeug import Request, Response
 
 from lib.localcloud.compute.models import ComputeModel
+from lib.localcloud.compute.models.util import DEFAULT_OP_DELAY
 from lib.localcloud.compute.responses import AdminResponses, ComputeResponses, handle
 from lib.localcloud.faults import FaultRegistry
 
@@ -19,9 +20,10 @@ __all__ = ["ComputeEmulator", "ComputeModel"]
 class ComputeEmulator:
     """A werkzeug app serving /compute/v1/... and /_localcloud/... over a ComputeModel rooted at `root`."""
 
-    def __init__(self, root: Path, *, faults: FaultRegistry | None = None, time_scale: float = 1.0) -> None:
+    def __init__(self, root: Path, *, faults: FaultRegistry | None = None, time_scale: float = 1.0,
+                 op_delay: tuple[float, float] = DEFAULT_OP_DELAY) -> None:
         self.faults = faults
-        self.model = ComputeModel(Path(root), faults=faults, time_scale=time_scale)
+        self.model = ComputeModel(Path(root), faults=faults, time_scale=time_scale, op_delay=op_delay)
         self._compute = ComputeResponses(self.model)
         self._admin = AdminResponses(self.model)
 

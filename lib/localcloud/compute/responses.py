@@ -15,6 +15,7 @@ from werkzeug import Request, Response
 
 from lib.localcloud.compute.exceptions import ComputeError, InvalidValue, ResourceNotFound
 from lib.localcloud.compute.models import GOOGLE, ComputeModel
+from lib.localcloud.compute.models.util import check_op_delay
 from lib.localcloud.http import apply_fault, google_error, json_response
 
 Handler = Callable[[Request, dict[str, str]], Any]
@@ -99,7 +100,7 @@ class ComputeResponses:
             add("GET", scope + r"/operations/(?P<op>[^/]+)",
                 lambda r, a: model.get_operation(a["project"], a.get("zone"), a["op"]))
             add("POST", scope + r"/operations/(?P<op>[^/]+)/wait",
-                lambda r, a: model.get_operation(a["project"], a.get("zone"), a["op"]))
+                lambda r, a: model.wait_operation(a["project"], a.get("zone"), a["op"]))
             add("DELETE", scope + r"/operations/(?P<op>[^/]+)", self.delete_operation)
 
     def _add(self, method: str, pattern: str, handler: Handler) -> None:
@@ -197,6 +198,10 @@ class AdminResponses:
         if method == "POST" and path == "time_scale":
             model.set_time_scale(float(_body(request)["time_scale"]))
             return {"time_scale": model.time_scale}
+        if method == "POST" and path == "op_delay":
+            body = _body(request)
+            model.op_delay = check_op_delay((body["min"], body["max"]))
+            return {"min": model.op_delay[0], "max": model.op_delay[1]}
         if method == "POST" and path == "quota":
             body = _body(request)
             model.set_quota(body.get("metric", "CPUS"), float(body["limit"]), body.get("region"))

@@ -39,7 +39,13 @@ from lib.localcloud.compute.models.persistence import PersistenceMixin
 from lib.localcloud.compute.models.power import PowerMixin
 from lib.localcloud.compute.models.regions import RegionsMixin
 from lib.localcloud.compute.models.scheduler import SchedulerMixin
-from lib.localcloud.compute.models.util import DEFAULT_CPUS_LIMIT, GOOGLE, parse_machine_type
+from lib.localcloud.compute.models.util import (
+    DEFAULT_CPUS_LIMIT,
+    DEFAULT_OP_DELAY,
+    GOOGLE,
+    check_op_delay,
+    parse_machine_type,
+)
 from lib.localcloud.faults import FaultRegistry
 
 __all__ = ["GOOGLE", "ComputeModel", "compile_filter", "parse_machine_type"]
@@ -49,12 +55,14 @@ class ComputeModel(PersistenceMixin, OperationsMixin, RegionsMixin, ImagesMixin,
                    SchedulerMixin, HostMixin):
     """All Compute state of the local cloud, thread-safe behind one re-entrant lock."""
 
-    def __init__(self, root: Path, *, faults: FaultRegistry | None = None, time_scale: float = 1.0) -> None:
+    def __init__(self, root: Path, *, faults: FaultRegistry | None = None, time_scale: float = 1.0,
+                 op_delay: tuple[float, float] = DEFAULT_OP_DELAY) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_path = self.root / "compute.json"
         self.faults = faults
         self.time_scale = float(time_scale)
+        self.op_delay = check_op_delay(op_delay)
         self.vm_env = {}
         self.metrics_enabled = True
         self.lock = threading.RLock()

@@ -20,6 +20,7 @@ class ModelBase:
     state_path: Path
     faults: FaultRegistry | None
     time_scale: float
+    op_delay: tuple[float, float]  # seconds each step of an operation takes: (low, high)
     vm_env: dict[str, str]
     metrics_enabled: bool
     lock: threading.RLock

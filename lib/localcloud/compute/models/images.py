@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from lib.localcloud.compute.models.util import (
     folder_bytes,
     new_id,
     now_rfc3339,
+    same_fingerprint,
 )
 
 
@@ -131,17 +133,20 @@ class ImagesMixin(ModelBase):
                                              source_disk=source_link, source_image=src_image_link)
                 image["status"] = "PENDING"  # while the folder copies, without the lock
                 self.images[f"{project}/{name}"] = image
-            try:
-                shutil.copytree(src_folder, dest, symlinks=True, dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns("console.log") if source_disk else None)
-            except OSError as exc:
+
+            def copy_folder() -> None:  # without the lock: images are large
+                try:
+                    shutil.copytree(src_folder, dest, symlinks=True, dirs_exist_ok=True,
+                                    ignore=shutil.ignore_patterns("console.log") if source_disk else None)
+                except OSError as exc:
+                    with self.lock:
+                        self.images.pop(f"{project}/{name}", None)
+                    shutil.rmtree(dest, ignore_errors=True)
+                    raise InvalidValue(f"Could not create image '{name}': {exc}") from None
                 with self.lock:
-                    self.images.pop(f"{project}/{name}", None)
-                shutil.rmtree(dest, ignore_errors=True)
-                raise InvalidValue(f"Could not create image '{name}': {exc}") from None
-            with self.lock:
-                image.update({"status": "READY", "archiveSizeBytes": str(folder_bytes(dest))})
-                return self._operation(project, None, "insert", image["selfLink"], image["id"])
+                    image.update({"status": "READY", "archiveSizeBytes": str(folder_bytes(dest))})
+
+            return self._pending(project, None, "insert", image["selfLink"], image["id"], [copy_folder])
 
         return self._idempotent(project, request_id, work)
 
@@ -154,46 +159,68 @@ class ImagesMixin(ModelBase):
 
     def deprecate_image(self, project: str, name: str, body: dict[str, Any],
                         request_id: str | None = None) -> dict[str, Any]:
-        def work() -> dict[str, Any]:
-            with self.lock:
-                image = self.images.get(f"{project}/{name}")
-                if image is None:
-                    raise ResourceNotFound(f"projects/{project}/global/images/{name}")
-                state = body.get("state") or "ACTIVE"
-                if state not in ("ACTIVE", "DEPRECATED", "OBSOLETE", "DELETED"):
-                    raise InvalidValue(f"Invalid value for field 'deprecationStatusResource.state': '{state}'.")
-                if state == "ACTIVE":
-                    image.pop("deprecated", None)
-                else:
-                    image["deprecated"] = {"state": state, **{k: body[k] for k in
-                                                               ("replacement", "deprecated", "obsolete", "deleted")
-                                                               if body.get(k)}}
-                return self._operation(project, None, "deprecate", image["selfLink"], image["id"])
+        state = body.get("state") or "ACTIVE"
+        if state not in ("ACTIVE", "DEPRECATED", "OBSOLETE", "DELETED"):
+            raise InvalidValue(f"Invalid value for field 'deprecationStatusResource.state': '{state}'.")
 
-        return self._idempotent(project, request_id, work)
+        def apply(image: dict[str, Any]) -> None:
+            if state == "ACTIVE":
+                image.pop("deprecated", None)
+            else:
+                image["deprecated"] = {"state": state, **{k: body[k] for k in
+                                                           ("replacement", "deprecated", "obsolete", "deleted")
+                                                           if body.get(k)}}
+
+        return self._update_image(project, name, "deprecate", lambda _image: None, apply, request_id)
 
     def set_image_labels(self, project: str, name: str, body: dict[str, Any],
                          request_id: str | None = None) -> dict[str, Any]:
-        def work() -> dict[str, Any]:
-            with self.lock:
-                image = self.images.get(f"{project}/{name}")
-                if image is None:
-                    raise ResourceNotFound(f"projects/{project}/global/images/{name}")
-                if body.get("labelFingerprint") != image["labelFingerprint"]:
-                    raise ConditionNotMet("Labels fingerprint either invalid or resource labels have changed")
-                image["labels"] = check_labels(body.get("labels") or {})
-                image["labelFingerprint"] = fingerprint(image["labels"])
-                return self._operation(project, None, "setLabels", image["selfLink"], image["id"])
+        labels = check_labels(body.get("labels") or {})
 
-        return self._idempotent(project, request_id, work)
+        def check(image: dict[str, Any]) -> None:
+            if not same_fingerprint(body.get("labelFingerprint"), image["labelFingerprint"]):
+                raise ConditionNotMet("Labels fingerprint either invalid or resource labels have changed")
+
+        def apply(image: dict[str, Any]) -> None:
+            image["labels"] = dict(labels)
+            image["labelFingerprint"] = fingerprint(labels)
+
+        return self._update_image(project, name, "setLabels", check, apply, request_id)
 
     def delete_image(self, project: str, name: str, request_id: str | None = None) -> dict[str, Any]:
+        """DELETING until the operation removes the folder."""
+
+        def mark(image: dict[str, Any]) -> None:
+            image["status"] = "DELETING"
+
+        def remove(image: dict[str, Any]) -> None:
+            self.images.pop(f"{project}/{name}", None)
+            shutil.rmtree(self.image_dir(project, name), ignore_errors=True)
+
+        return self._update_image(project, name, "delete", mark, remove, request_id)
+
+    def _update_image(self, project: str, name: str, op_type: str, now: Callable[[dict[str, Any]], None],
+                      later: Callable[[dict[str, Any]], None], request_id: str | None) -> dict[str, Any]:
+        """`now` checks (or marks) at request time; `later` applies when the operation runs (it re-checks too)."""
+
+        def find() -> dict[str, Any]:
+            image = self.images.get(f"{project}/{name}")
+            if image is None:
+                raise ResourceNotFound(f"projects/{project}/global/images/{name}")
+            return image
+
         def work() -> dict[str, Any]:
             with self.lock:
-                image = self.images.pop(f"{project}/{name}", None)
-                if image is None:
-                    raise ResourceNotFound(f"projects/{project}/global/images/{name}")
-                shutil.rmtree(self.image_dir(project, name), ignore_errors=True)
-                return self._operation(project, None, "delete", image["selfLink"], image["id"])
+                image = find()
+                now(image)
+
+            def step() -> None:
+                with self.lock:
+                    current = find()
+                    if op_type != "delete":
+                        now(current)
+                    later(current)
+
+            return self._pending(project, None, op_type, image["selfLink"], image["id"], [step])
 
         return self._idempotent(project, request_id, work)

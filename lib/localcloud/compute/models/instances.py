@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import copy
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from lib.localcloud import vms
 from lib.localcloud.compute.exceptions import (
     AlreadyExists,
+    ComputeError,
     ConditionNotMet,
     InvalidValue,
     QuotaExceeded,
     ResourceNotFound,
+    ResourceNotReady,
+    ZoneResourcePoolExhausted,
 )
 from lib.localcloud.compute.models.base import ModelBase
 from lib.localcloud.compute.models.filters import compile_filter
@@ -28,6 +32,7 @@ from lib.localcloud.compute.models.util import (
     numeric_project,
     parse_machine_type,
     region_of,
+    same_fingerprint,
 )
 
 
@@ -107,25 +112,18 @@ class InstancesMixin(ModelBase):
             with self.lock:
                 if plan.key in self.instances:
                     raise AlreadyExists(f"projects/{project}/zones/{zone}/instances/{plan.name}")
-                shortfall = self._quota_shortfall(project, zone, plan.shape)
-                if shortfall is not None:
-                    return self._operation(project, zone, "insert", plan.link, new_id(), error=shortfall)
+                refusal = self._quota_shortfall(project, zone, plan.shape) or self._stockout(zone)
+                if refusal is not None:  # GCE reports these in the operation, not as an HTTP error
+                    return self._pending(project, zone, "insert", plan.link, new_id(), [_raiser(refusal)])
                 if self._disk_owner(project, zone, plan.disk_name):
                     raise AlreadyExists(f"projects/{project}/zones/{zone}/disks/{plan.disk_name}")
                 inst = self._instance_resource(plan)
-                self.instances[plan.key] = inst
+                self.instances[plan.key] = inst  # PROVISIONING holds the name and the quota from now on
                 self.local[plan.key] = {"image": plan.image["selfLink"]}
-            # the copy runs without the lock (images can be large); PROVISIONING holds the name and the quota
-            self._provision_disk(plan, inst)
-            with self.lock:
-                if self.instances.get(plan.key) is not inst or inst["status"] != "PROVISIONING":
-                    if self.instances.get(plan.key) is not inst:
-                        shutil.rmtree(self.disk_dir(project, zone, plan.disk_name), ignore_errors=True)
-                    raise ResourceNotFound(f"projects/{project}/zones/{zone}/instances/{plan.name}")  # deleted
-                inst["status"] = "RUNNING"
-                self._boot(plan.key)
-                self._wake.notify_all()
-                return self._operation(project, zone, "insert", plan.link, inst["id"])
+            return self._pending(project, zone, "insert", plan.link, inst["id"],
+                                 [lambda: self._provision_disk(plan, inst),
+                                  lambda: self._advance(plan.key, inst, "PROVISIONING", "STAGING"),
+                                  lambda: self._advance(plan.key, inst, "STAGING", "RUNNING")])
 
         return self._idempotent(project, request_id, work)
 
@@ -159,6 +157,12 @@ class InstancesMixin(ModelBase):
                           disk_name=params.get("diskName") or name, labels=check_labels(body.get("labels") or {}),
                           scheduling=scheduling_of(body.get("scheduling") or {}),
                           link=self.instance_link(project, zone, name))
+
+    def _stockout(self, zone: str) -> ComputeError | None:
+        """An armed 'stockout' fault for this zone: GCE has no capacity for the machine type right now."""
+        if self.faults is None or self.faults.take("compute", "POST", f"zones/{zone}/instances", kinds=("stockout",)) is None:
+            return None
+        return ZoneResourcePoolExhausted(zone)
 
     def _quota_shortfall(self, project: str, zone: str, shape: dict[str, Any]) -> QuotaExceeded | None:
         """The first regional quota (CPUS, then the family's) that `shape` more vCPUs would exceed (lock held)."""
@@ -209,8 +213,12 @@ class InstancesMixin(ModelBase):
         return inst
 
     def _provision_disk(self, plan: InsertPlan, inst: dict[str, Any]) -> None:
-        """Copy the image folder to the boot disk folder; on failure forget the instance and raise."""
+        """Copy the image folder to the boot disk folder (without the lock: images can be large).
+
+        On failure the instance is forgotten; if it was deleted meanwhile, the copy is removed.
+        """
         disk = self.disk_dir(plan.project, plan.zone, plan.disk_name)
+        self._expect(plan.key, inst, "PROVISIONING")
         try:
             if disk.exists():
                 shutil.rmtree(disk)
@@ -223,38 +231,85 @@ class InstancesMixin(ModelBase):
                     self.local.pop(plan.key, None)
             shutil.rmtree(disk, ignore_errors=True)
             raise InvalidValue(f"Could not create the boot disk of '{plan.name}' from the image: {exc}") from None
+        with self.lock:
+            if self.instances.get(plan.key) is not inst:
+                shutil.rmtree(disk, ignore_errors=True)
+        self._expect(plan.key, inst, "PROVISIONING")
 
+    def _expect(self, key: str, inst: dict[str, Any], status: str) -> None:
+        """Raise if the instance was deleted, stopped or replaced while an operation on it was under way."""
+        with self.lock:
+            if self.instances.get(key) is not inst:
+                project, zone, name = key.split("/")
+                raise ResourceNotFound(f"projects/{project}/zones/{zone}/instances/{name}")
+            if inst["status"] != status:
+                raise ResourceNotReady(f"The resource '{inst['selfLink']}' is {inst['status']}, not {status}")
+
+    def _advance(self, key: str, inst: dict[str, Any], before: str, after: str) -> None:
+        """One lifecycle step: PROVISIONING -> STAGING, or STAGING -> RUNNING (which boots the VM)."""
+        with self.lock:
+            self._expect(key, inst, before)
+            inst["status"] = after
+            if after == "RUNNING":
+                inst["lastStartTimestamp"] = now_rfc3339()
+                self._boot(key)
+                self._wake.notify_all()
 
     # ------------------------------------------------------------------ instances: metadata and labels
 
     def set_metadata(self, project: str, zone: str, name: str, body: dict[str, Any],
                      request_id: str | None = None) -> dict[str, Any]:
-        def work() -> dict[str, Any]:
-            with self.lock:
-                _, inst = self._instance(project, zone, name)
-                if body.get("fingerprint") != inst["metadata"]["fingerprint"]:
-                    raise ConditionNotMet("Supplied fingerprint does not match current metadata fingerprint.")
-                items = [{"key": i["key"], "value": i.get("value", "")} for i in body.get("items") or []]
-                keys = [i["key"] for i in items]
-                if len(set(keys)) != len(keys):
-                    raise InvalidValue("Invalid value for field 'metadata.items': duplicate keys.")
-                inst["metadata"] = {"kind": "compute#metadata", "fingerprint": fingerprint(items)}
-                if items:
-                    inst["metadata"]["items"] = items
-                return self._operation(project, zone, "setMetadata", inst["selfLink"], inst["id"])
+        """Replace the metadata if `fingerprint` still matches (412 otherwise); applied when the operation runs."""
+        items = [{"key": i["key"], "value": i.get("value", "")} for i in body.get("items") or []]
+        keys = [i["key"] for i in items]
+        if len(set(keys)) != len(keys):
+            raise InvalidValue("Invalid value for field 'metadata.items': duplicate keys.")
 
-        return self._idempotent(project, request_id, work)
+        def check(inst: dict[str, Any]) -> None:
+            if not same_fingerprint(body.get("fingerprint"), inst["metadata"]["fingerprint"]):
+                raise ConditionNotMet("Supplied fingerprint does not match current metadata fingerprint.")
+
+        def apply(inst: dict[str, Any]) -> None:
+            inst["metadata"] = {"kind": "compute#metadata", "fingerprint": fingerprint(items)}
+            if items:
+                inst["metadata"]["items"] = items
+
+        return self._update_instance(project, zone, name, "setMetadata", check, apply, request_id)
 
     def set_labels(self, project: str, zone: str, name: str, body: dict[str, Any],
                    request_id: str | None = None) -> dict[str, Any]:
+        """Replace the labels if `labelFingerprint` still matches (412 otherwise); applied when the operation runs."""
+        labels = check_labels(body.get("labels") or {})
+
+        def check(inst: dict[str, Any]) -> None:
+            if not same_fingerprint(body.get("labelFingerprint"), inst["labelFingerprint"]):
+                raise ConditionNotMet("Labels fingerprint either invalid or resource labels have changed")
+
+        def apply(inst: dict[str, Any]) -> None:
+            inst["labels"] = dict(labels)
+            inst["labelFingerprint"] = fingerprint(labels)
+
+        return self._update_instance(project, zone, name, "setLabels", check, apply, request_id)
+
+    def _update_instance(self, project: str, zone: str, name: str, op_type: str,
+                         check: Callable[[dict[str, Any]], None], apply: Callable[[dict[str, Any]], None],
+                         request_id: str | None) -> dict[str, Any]:
+        """Check the precondition now (an HTTP 412) and again when the operation applies the change."""
+
         def work() -> dict[str, Any]:
             with self.lock:
-                _, inst = self._instance(project, zone, name)
-                if body.get("labelFingerprint") != inst["labelFingerprint"]:
-                    raise ConditionNotMet("Labels fingerprint either invalid or resource labels have changed")
-                inst["labels"] = check_labels(body.get("labels") or {})
-                inst["labelFingerprint"] = fingerprint(inst["labels"])
-                return self._operation(project, zone, "setLabels", inst["selfLink"], inst["id"])
+                key, inst = self._instance(project, zone, name)
+                check(inst)
+
+            def step() -> None:
+                with self.lock:
+                    current = self.instances.get(key)
+                    if current is None:
+                        raise ResourceNotFound(f"projects/{project}/zones/{zone}/instances/{name}")
+                    check(current)
+                    apply(current)
+
+            return self._pending(project, zone, op_type, inst["selfLink"], inst["id"], [step])
 
         return self._idempotent(project, request_id, work)
 
@@ -300,3 +355,10 @@ def scheduling_of(raw: dict[str, Any]) -> dict[str, Any]:
     if spot or action:
         out["instanceTerminationAction"] = action or "STOP"
     return out
+
+
+def _raiser(error: ComputeError) -> Callable[[], None]:
+    def step() -> None:
+        raise error
+
+    return step

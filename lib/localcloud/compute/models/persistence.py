@@ -41,6 +41,12 @@ class PersistenceMixin(ModelBase):
         self.usage = data.get("usage", {})
         self.heartbeat = float(data.get("heartbeat", 0.0))
         self.metrics_enabled = bool(data.get("metrics_enabled", True))
+        for op in self.operations.values():
+            if op["status"] != "DONE":  # its worker ended with the previous daemon
+                op.update({"status": "DONE", "progress": 100, "endTime": now_rfc3339(self.heartbeat or None),
+                           "error": {"errors": [{"code": "INTERNAL_ERROR", "message": "The local host restarted "
+                                                 "while the operation ran."}]},
+                           "httpErrorStatusCode": 500, "httpErrorMessage": "INTERNAL SERVER ERROR"})
 
     def _save(self) -> None:
         with self.lock:

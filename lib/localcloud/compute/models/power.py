@@ -15,6 +15,7 @@ from lib.localcloud.compute.exceptions import (
     ResourceNotReady,
 )
 from lib.localcloud.compute.models.base import ModelBase
+from lib.localcloud.compute.models.instances import _raiser
 from lib.localcloud.compute.models.util import (
     STOP_GRACE,
     disk_parts,
@@ -122,27 +123,32 @@ class PowerMixin(ModelBase):
             local.pop("ending", None)
 
     def delete_instance(self, project: str, zone: str, name: str, request_id: str | None = None) -> dict[str, Any]:
+        """STOPPING (the VM's processes end), then gone with its auto-delete disks; the operation says when."""
+
         def work() -> dict[str, Any]:
             with self.lock:
                 key, inst = self._instance(project, zone, name)
                 if inst.get("deletionProtection"):
                     raise InvalidValue("Invalid resource usage: 'Resource cannot be deleted if it's protected "
                                        "against deletion.'.")
-                started = time.time()
-                iid = inst["id"]
-            if not self._power_off(key):
-                # already being ended (by another delete, stop, preemption): wait for it, then finish
-                self._wait_not_ending(key)
+                link, iid = inst["selfLink"], inst["id"]
+
+            def remove() -> None:
                 with self.lock:
-                    if key not in self.instances:
-                        return self._operation(project, zone, "delete", self.instance_link(project, zone, name), iid,
-                                               started=started)
-                return work()
-            link = self._finish_delete(key)
-            with self.lock:
-                return self._operation(project, zone, "delete", link, iid, started=started)
+                    if key in self.instances and self.local.get(key, {}).get("ending"):
+                        self._finish_delete(key)
+
+            return self._pending(project, zone, "delete", link, iid, [lambda: self._power_off_or_wait(key), remove])
 
         return self._idempotent(project, request_id, work)
+
+    def _power_off_or_wait(self, key: str, grace: float = STOP_GRACE) -> None:
+        """Power off; if another operation is already ending the VM, wait for it and power off what is left."""
+        while not self._power_off(key, grace=grace):
+            self._wait_not_ending(key)
+            with self.lock:
+                if key not in self.instances:
+                    return
 
     def _wait_not_ending(self, key: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -154,39 +160,42 @@ class PowerMixin(ModelBase):
             time.sleep(0.05)
 
     def stop_instance(self, project: str, zone: str, name: str, request_id: str | None = None) -> dict[str, Any]:
+        """STOPPING (the VM's processes end), then TERMINATED; the disk stays."""
+
         def work() -> dict[str, Any]:
             with self.lock:
                 key, inst = self._instance(project, zone, name)
-                started = time.time()
                 if inst["status"] == "TERMINATED":
-                    return self._operation(project, zone, "stop", inst["selfLink"], inst["id"], started=started)
-            if not self._power_off(key):
-                self._wait_not_ending(key)
-            else:
-                self._finish_stop(key)
-            with self.lock:
-                _, inst = self._instance(project, zone, name)
-                return self._operation(project, zone, "stop", inst["selfLink"], inst["id"], started=started)
+                    return self._pending(project, zone, "stop", inst["selfLink"], inst["id"], [])
+                link, iid = inst["selfLink"], inst["id"]
+
+            def finish() -> None:
+                with self.lock:
+                    if key in self.instances and self.local.get(key, {}).get("ending"):
+                        self._finish_stop(key)
+
+            return self._pending(project, zone, "stop", link, iid, [lambda: self._power_off_or_wait(key), finish])
 
         return self._idempotent(project, request_id, work)
 
     def start_instance(self, project: str, zone: str, name: str, request_id: str | None = None) -> dict[str, Any]:
+        """A TERMINATED instance goes PROVISIONING -> STAGING -> RUNNING (a no-op for one already running)."""
+
         def work() -> dict[str, Any]:
             with self.lock:
                 key, inst = self._instance(project, zone, name)
                 if inst["status"] == "STOPPING":
                     raise ResourceNotReady(f"The resource 'projects/{project}/zones/{zone}/instances/{name}' is not "
                                            "ready")
-                if inst["status"] == "TERMINATED":
-                    shape = parse_machine_type(last_segment(inst["machineType"], "machineTypes")) or {}
-                    shortfall = self._quota_shortfall(project, zone, shape)
-                    if shortfall is not None:
-                        return self._operation(project, zone, "start", inst["selfLink"], inst["id"],
-                                               error=shortfall)
-                    inst["status"] = "RUNNING"
-                    inst["lastStartTimestamp"] = now_rfc3339()
-                    self._boot(key)
-                    self._wake.notify_all()
-                return self._operation(project, zone, "start", inst["selfLink"], inst["id"])
+                if inst["status"] != "TERMINATED":
+                    return self._pending(project, zone, "start", inst["selfLink"], inst["id"], [])
+                shape = parse_machine_type(last_segment(inst["machineType"], "machineTypes")) or {}
+                refusal = self._quota_shortfall(project, zone, shape) or self._stockout(zone)
+                if refusal is not None:
+                    return self._pending(project, zone, "start", inst["selfLink"], inst["id"], [_raiser(refusal)])
+                inst["status"] = "PROVISIONING"
+                return self._pending(project, zone, "start", inst["selfLink"], inst["id"],
+                                     [lambda: self._advance(key, inst, "PROVISIONING", "STAGING"),
+                                      lambda: self._advance(key, inst, "STAGING", "RUNNING")])
 
         return self._idempotent(project, request_id, work)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lib.localcloud import DEFAULT_OP_DELAY, REALISTIC_OP_DELAY  # noqa: F401 - re-exported
 from lib.localcloud.compute.exceptions import (
     InvalidValue,
 )
@@ -97,6 +98,21 @@ def fingerprint(data: Any) -> str:
     return base64.b64encode(digest).decode()
 
 
+def same_fingerprint(given: Any, current: str) -> bool:
+    """Fingerprints compare as the bytes they encode: gcloud sends URL-safe base64, the Python clients standard."""
+    if not isinstance(given, str) or not given:
+        return False
+    try:
+        return _b64bytes(given) == _b64bytes(current)
+    except ValueError:
+        return False
+
+
+def _b64bytes(text: str) -> bytes:
+    text = text.replace("-", "+").replace("_", "/")
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
 def numeric_project(project: str) -> str:
     """A stable 12-digit project number, as GCE pairs with every project id."""
     return str(int(hashlib.sha256(project.encode()).hexdigest(), 16) % 900_000_000_000 + 100_000_000_000)
@@ -156,3 +172,9 @@ def metadata_value(inst: dict[str, Any], key: str) -> str | None:
             return item.get("value", "")
     return None
 
+
+def check_op_delay(delay: tuple[float, float] | list[float]) -> tuple[float, float]:
+    low, high = (float(x) for x in delay)
+    if not 0 <= low <= high:
+        raise InvalidValue(f"operation delay must be 0 <= low <= high seconds, not {low}..{high}")
+    return low, high
