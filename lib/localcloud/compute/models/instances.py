@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from lib.localcloud.compute.models.util import (
     now_rfc3339,
     numeric_project,
     parse_machine_type,
+    parse_rfc3339,
     region_of,
     same_fingerprint,
 )
@@ -183,6 +185,8 @@ class InstancesMixin(ModelBase):
         nics = copy.deepcopy(body.get("networkInterfaces") or [{}])
         for n, nic in enumerate(nics):
             nic.setdefault("network", f"{GOOGLE}/projects/{project}/global/networks/default")
+            nic.setdefault("subnetwork", f"{GOOGLE}/projects/{project}/regions/{region_of(zone)}/subnetworks/default")
+            nic.setdefault("stackType", "IPV4_ONLY")
             nic.update({"kind": "compute#networkInterface", "name": f"nic{n}", "networkIP": "127.0.0.1",
                         "fingerprint": fingerprint(n)})
             for ac in nic.get("accessConfigs", []):
@@ -206,7 +210,10 @@ class InstancesMixin(ModelBase):
             "selfLink": plan.link, "scheduling": plan.scheduling, "cpuPlatform": "Intel Cascade Lake",
             "labels": plan.labels, "labelFingerprint": fingerprint(plan.labels), "startRestricted": False,
             "deletionProtection": bool(body.get("deletionProtection", False)),
-            "fingerprint": fingerprint([plan.name, t]), "lastStartTimestamp": t,
+            "fingerprint": fingerprint([plan.name, t]), "satisfiesPzi": False,
+            "shieldedInstanceConfig": {"enableSecureBoot": False, "enableVtpm": True,
+                                       "enableIntegrityMonitoring": True, **(body.get("shieldedInstanceConfig") or {})},
+            "shieldedInstanceIntegrityPolicy": {"updateAutoLearnPolicy": True},
         }
         if not items:
             del inst["metadata"]["items"]
@@ -253,6 +260,7 @@ class InstancesMixin(ModelBase):
             if after == "RUNNING":
                 inst["lastStartTimestamp"] = now_rfc3339()
                 self._boot(key)
+                self._arm_termination(key)
                 self._wake.notify_all()
 
     # ------------------------------------------------------------------ instances: metadata and labels
@@ -329,11 +337,24 @@ class InstancesMixin(ModelBase):
                     else self.default_sa(project),
                     "scopes": accounts[0].get("scopes") if accounts else None}
 def scheduling_of(raw: dict[str, Any]) -> dict[str, Any]:
-    """Scheduling as GCE stores it, with the defaults GCE fills in for Spot and standard VMs."""
-    model = raw.get("provisioningModel") or ("SPOT" if raw.get("preemptible") else "STANDARD")
+    """Scheduling as GCE stores it, with the defaults GCE fills in, refusing the combinations GCE refuses."""
+    field = "Invalid value for field 'resource.scheduling."
+    preemptible = raw.get("preemptible")
+    model = raw.get("provisioningModel") or ("SPOT" if preemptible else "STANDARD")
     if model not in ("SPOT", "STANDARD"):
-        raise InvalidValue(f"Invalid value for field 'resource.scheduling.provisioningModel': '{model}'.")
-    spot = model == "SPOT" or bool(raw.get("preemptible"))
+        raise InvalidValue(f"{field}provisioningModel': '{model}'. The local cloud supports SPOT and STANDARD.")
+    spot = model == "SPOT"
+    if preemptible is True and not spot:
+        raise InvalidValue(f"{field}preemptible': 'true'. Preemptible VMs must use provisioningModel SPOT "
+                           "(or leave it unset).")
+    if preemptible is False and spot:
+        raise InvalidValue(f"{field}preemptible': 'false'. Spot VMs are preemptible.")
+    if spot and raw.get("automaticRestart") is True:
+        raise InvalidValue(f"{field}automaticRestart': 'true'. Spot VMs cannot restart automatically; "
+                           "set automaticRestart to false.")
+    if spot and raw.get("onHostMaintenance", "TERMINATE") != "TERMINATE":
+        raise InvalidValue(f"{field}onHostMaintenance': '{raw['onHostMaintenance']}'. Spot VMs must use "
+                           "onHostMaintenance TERMINATE.")
     out: dict[str, Any] = {
         "provisioningModel": model, "preemptible": spot,
         "onHostMaintenance": raw.get("onHostMaintenance") or ("TERMINATE" if spot else "MIGRATE"),
@@ -341,17 +362,28 @@ def scheduling_of(raw: dict[str, Any]) -> dict[str, Any]:
     }
     action = raw.get("instanceTerminationAction")
     if action and action not in ("STOP", "DELETE"):
-        raise InvalidValue(f"Invalid value for field 'resource.scheduling.instanceTerminationAction': '{action}'.")
-    mrd = raw.get("maxRunDuration")
+        raise InvalidValue(f"{field}instanceTerminationAction': '{action}'.")
+    mrd, until = raw.get("maxRunDuration"), raw.get("terminationTime")
+    if mrd and until:
+        raise InvalidValue(f"{field}terminationTime': '{until}'. Only one of maxRunDuration and terminationTime "
+                           "can be set.")
+    if (mrd or until) and not action:
+        raise InvalidValue(f"{field}instanceTerminationAction': ''. instanceTerminationAction must be set when "
+                           "maxRunDuration or terminationTime is set.")
     if mrd:
         seconds = int(mrd.get("seconds", 0))
-        if not 30 <= seconds <= 120 * 86400:
-            raise InvalidValue(f"Invalid value for field 'resource.scheduling.maxRunDuration.seconds': '{seconds}'. "
-                               "Must be between 30 seconds and 120 days.")
-        if not action:
-            raise InvalidValue("Invalid value for field 'resource.scheduling.instanceTerminationAction': ''. "
-                               "instanceTerminationAction must be set when maxRunDuration is set.")
+        if not 30 <= seconds <= 120 * 86400 or int(mrd.get("nanos", 0)):
+            raise InvalidValue(f"{field}maxRunDuration.seconds': '{seconds}'. Must be between 30 seconds and "
+                               "120 days, in whole seconds.")
         out["maxRunDuration"] = {"seconds": str(seconds)}
+    if until:
+        try:
+            end = parse_rfc3339(until)
+        except ValueError:
+            raise InvalidValue(f"{field}terminationTime': '{until}'. Must be an RFC 3339 timestamp.") from None
+        if end < time.time() + 30:
+            raise InvalidValue(f"{field}terminationTime': '{until}'. Must be at least 30 seconds in the future.")
+        out["terminationTime"] = until
     if spot or action:
         out["instanceTerminationAction"] = action or "STOP"
     return out

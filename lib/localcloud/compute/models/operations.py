@@ -138,8 +138,10 @@ class OperationsMixin(ModelBase):
                 raise ResourceNotFound(f"projects/{project}/{scope}/operations/{name}")
             return copy.deepcopy(op)
 
-    def list_operations(self, project: str, zone: str | None, flt: str | None = None) -> list[dict[str, Any]]:
-        scope = f"{project}/zones/{zone}/" if zone else f"{project}/global/"
+    def list_operations(self, project: str, zone: str | None, flt: str | None = None, *,
+                        every_scope: bool = False) -> list[dict[str, Any]]:
+        """Operations of a zone, of the global scope (zone None), or of every scope (aggregated list)."""
+        scope = f"{project}/" if every_scope else f"{project}/zones/{zone}/" if zone else f"{project}/global/"
         match = compile_filter(flt)
         with self.lock:
             ops = [copy.deepcopy(o) for k, o in self.operations.items() if k.startswith(scope) and match(o)]

@@ -106,6 +106,8 @@ class PersistenceMixin(ModelBase):
                     vms.console_append(disk, "localcloud: the local host restarted; instance TERMINATED\n")
                 local["pid"] = None
                 continue
+            if "termination_at" not in local:  # state saved before termination times were kept
+                self._arm_termination(key)
             self._start_metadata(key, local.get("metadata_port", 0))
             if alive:
                 vms.watch(None, local["pid"], local["create_time"], self._exit_callback(key, local["pid"]))

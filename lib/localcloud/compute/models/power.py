@@ -120,7 +120,9 @@ class PowerMixin(ModelBase):
             inst, local = self.instances[key], self.local[key]
             inst["status"] = "TERMINATED"
             inst["lastStopTimestamp"] = now_rfc3339()
+            inst["scheduling"].pop("terminationTime", None)  # a stop clears it (GCE's "limit VM runtime")
             local.pop("ending", None)
+            local["termination_at"] = None
 
     def delete_instance(self, project: str, zone: str, name: str, request_id: str | None = None) -> dict[str, Any]:
         """STOPPING (the VM's processes end), then gone with its auto-delete disks; the operation says when."""

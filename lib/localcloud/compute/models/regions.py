@@ -6,6 +6,7 @@ import hashlib
 import re
 from typing import Any
 
+from lib.localcloud.compute import schema
 from lib.localcloud.compute.exceptions import (
     ResourceNotFound,
 )
@@ -14,13 +15,18 @@ from lib.localcloud.compute.models.util import (
     DEFAULT_CPUS_LIMIT,
     FAMILY_METRICS,
     GOOGLE,
+    REGIONS,
     ZONE_RX,
     fingerprint,
     last_segment,
     numeric_project,
+    offered_in,
     parse_machine_type,
+    predefined_machine_types,
     region_of,
 )
+
+REGION_METRICS = frozenset(schema.enum("Quota", "metric"))
 
 
 class RegionsMixin(ModelBase):
@@ -33,7 +39,7 @@ class RegionsMixin(ModelBase):
     def machine_type(self, project: str, zone: str, name: str) -> dict[str, Any]:
         self.check_zone(project, zone)
         shape = parse_machine_type(name)
-        if shape is None:
+        if shape is None or not offered_in(shape["family"], zone):
             raise ResourceNotFound(f"projects/{project}/zones/{zone}/machineTypes/{name}")
         return {"kind": "compute#machineType", "id": str(int(hashlib.md5(name.encode()).hexdigest()[:12], 16)),
                 "creationTimestamp": "1969-12-31T16:00:00.000-08:00", "name": name,
@@ -41,6 +47,17 @@ class RegionsMixin(ModelBase):
                 "guestCpus": shape["guestCpus"], "memoryMb": shape["memoryMb"], "maximumPersistentDisks": 128,
                 "maximumPersistentDisksSizeGb": "263168", "zone": zone, "isSharedCpu": shape["isSharedCpu"],
                 "selfLink": f"{self.zone_link(project, zone)}/machineTypes/{name}", "architecture": "X86_64"}
+
+    def list_machine_types(self, project: str, zone: str) -> list[dict[str, Any]]:
+        self.check_zone(project, zone)
+        return [self.machine_type(project, zone, n) for n in predefined_machine_types()
+                if offered_in(n.split("-")[0], zone)]
+
+    def list_regions(self, project: str) -> list[dict[str, Any]]:
+        return [self.region(project, r) for r in sorted(REGIONS)]
+
+    def list_zones(self, project: str) -> list[dict[str, Any]]:
+        return [self.zone(project, f"{r}-{s}") for r in sorted(REGIONS) for s in REGIONS[r]]
 
     def quota_limit(self, region: str, metric: str) -> float:
         with self.lock:
@@ -77,15 +94,17 @@ class RegionsMixin(ModelBase):
         if not re.fullmatch(r"[a-z]+-[a-z]+[0-9]+", region):
             raise ResourceNotFound(f"projects/{project}/regions/{region}")
         usage = self.quota_usage(project, region)
+        # Only metrics of the API's Quota.metric enum: families like H3 are not there (the Cloud Quotas API has them)
         quotas = [{"metric": m, "limit": self.quota_limit(region, m), "usage": usage.get(m, 0.0)}
-                  for m in ["CPUS", *FAMILY_METRICS]]
+                  for m in ["CPUS", *FAMILY_METRICS] if m in REGION_METRICS]
         quotas.append({"metric": "INSTANCES", "limit": self.quota_limit(region, "INSTANCES") if
                        "INSTANCES" in self.quotas["default"] else 6000.0, "usage": usage["INSTANCES"]})
         quotas.append({"metric": "PREEMPTIBLE_CPUS", "limit": 0.0, "usage": 0.0})
         base = f"{GOOGLE}/projects/{project}"
         return {"kind": "compute#region", "id": str(int(hashlib.md5(region.encode()).hexdigest()[:10], 16)),
                 "creationTimestamp": "1969-12-31T16:00:00.000-08:00", "name": region, "description": region,
-                "status": "UP", "zones": [f"{base}/zones/{region}-{s}" for s in "abcf"], "quotas": quotas,
+                "status": "UP", "zones": [f"{base}/zones/{region}-{s}" for s in REGIONS.get(region, "abcf")],
+                "quotas": quotas,
                 "selfLink": f"{base}/regions/{region}", "supportsPzs": False}
 
     def zone(self, project: str, zone: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from lib.localcloud.compute.exceptions import (
     ResourceNotReady,
 )
 from lib.localcloud.compute.models.base import ModelBase
-from lib.localcloud.compute.models.util import ACTIVE, REAP_S, STOP_GRACE
+from lib.localcloud.compute.models.util import ACTIVE, REAP_S, STOP_GRACE, now_rfc3339, parse_rfc3339
 
 
 class SchedulerMixin(ModelBase):
@@ -63,13 +63,26 @@ class SchedulerMixin(ModelBase):
             self.metrics_enabled = bool(enabled)
             self._save()
 
+    def _arm_termination(self, key: str) -> None:
+        """At boot (lock held): the termination time GCE shows while the VM runs (lastStart + maxRunDuration).
+
+        A stop clears it (_finish_stop): a stopped VM is never deleted by maxRunDuration, and a start counts
+        the whole duration again. Locally the deadline comes time_scale times sooner (see _deadlines).
+        """
+        sched, local = self.instances[key]["scheduling"], self.local[key]
+        mrd = sched.get("maxRunDuration")
+        if mrd:
+            sched["terminationTime"] = now_rfc3339(local["last_start"] + int(mrd["seconds"]))
+        local["termination_at"] = parse_rfc3339(sched["terminationTime"]) if sched.get("terminationTime") else None
+
     def _deadlines(self) -> list[tuple[float, str]]:
         out = []
         for key, inst in self.instances.items():
-            sched, local = inst.get("scheduling", {}), self.local.get(key, {})
-            mrd = sched.get("maxRunDuration")
-            if inst["status"] == "RUNNING" and mrd and not local.get("ending") and not local.get("expiring"):
-                out.append((local.get("last_start", 0.0) + int(mrd["seconds"]) / self.time_scale, key))
+            local = self.local.get(key, {})
+            end = local.get("termination_at")
+            if inst["status"] == "RUNNING" and end and not local.get("ending") and not local.get("expiring"):
+                start = local.get("last_start", 0.0)
+                out.append((start + (end - start) / self.time_scale, key))
         return sorted(out)
 
     def _schedule_loop(self) -> None:

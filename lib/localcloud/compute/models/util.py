@@ -52,6 +52,9 @@ FAMILIES: dict[str, tuple[dict[str, int], tuple[int, ...], str | None]] = {
 SHARED_CORE = {"e2-micro": (2, 1024), "e2-small": (2, 2048), "e2-medium": (2, 4096),
                "f1-micro": (1, 614), "g1-small": (1, 1740)}
 CUSTOM_RX = re.compile(r"(?:(e2|n2|n2d|n4)-)?custom-(\d+)-(\d+)(-ext)?")
+# The regions and zones lists show (get accepts any well-formed zone); families only some zones offer.
+REGIONS = {"us-central1": "abcf", "us-east1": "bcd", "europe-west4": "abc", "asia-southeast1": "abc"}
+FAMILY_ZONES = {"h3": "abc", "c3d": "abcd", "c4": "abcd"}
 FAMILY_METRICS = sorted({m for _, _, m in FAMILIES.values() if m})
 
 
@@ -178,3 +181,17 @@ def check_op_delay(delay: tuple[float, float] | list[float]) -> tuple[float, flo
     if not 0 <= low <= high:
         raise InvalidValue(f"operation delay must be 0 <= low <= high seconds, not {low}..{high}")
     return low, high
+
+
+def offered_in(family: str, zone: str) -> bool:
+    """Whether the zone offers the machine family (machineTypes.get answers 404 where it does not)."""
+    return zone.rsplit("-", 1)[-1] in FAMILY_ZONES.get(family, zone.rsplit("-", 1)[-1])
+
+
+def predefined_machine_types() -> list[str]:
+    """Every predefined shape name (shared-core included), in a stable order."""
+    names = list(SHARED_CORE)
+    for family, (per_cpu, counts, _) in FAMILIES.items():
+        names += [f"{family}-{shape}-{n}" for shape in per_cpu for n in counts
+                  if parse_machine_type(f"{family}-{shape}-{n}")]
+    return names
