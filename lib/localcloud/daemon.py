@@ -28,6 +28,7 @@ from werkzeug import Request, Response
 from lib.localcloud import DEFAULT_OP_DELAY, DEFAULT_PROJECT, STATE_FILE, files, home, parse_delay, vm_environment
 from lib.localcloud.faults import FaultRegistry
 from lib.localcloud.http import AppServer, google_error, json_response
+from lib.localcloud.shaping import Shaper
 from lib.localcloud.storage_door import StorageDoor
 
 
@@ -113,7 +114,8 @@ def serve(state_dir: Path, *, storage_backend: str = "filesystem", time_scale: f
 
     # The door binds its port first: fake-gcs-server must know it (-external-url) before it starts,
     # and choosing two "free" ports before binding either can yield the same port twice.
-    door = StorageDoor(("127.0.0.1", 0), faults=faults, gate_names=storage_backend == "filesystem")
+    door = StorageDoor(("127.0.0.1", 0), faults=faults, gate_names=storage_backend == "filesystem",
+                       shaper=Shaper(rtt_ms=rtt_ms, mbit=mbit))
     gcs, gcs_port = start_gcs(root / "storage", storage_backend, door.url, log)
     try:
         door.upstream = ("127.0.0.1", gcs_port)

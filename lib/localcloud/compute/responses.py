@@ -13,7 +13,7 @@ from typing import Any
 
 from werkzeug import Request, Response
 
-from lib.localcloud.compute import schema
+from lib.localcloud.compute import batch, schema
 from lib.localcloud.compute.exceptions import ComputeError, InvalidValue, ResourceNotFound
 from lib.localcloud.compute.models import GOOGLE, ComputeModel
 from lib.localcloud.compute.models.filters import compile_filter
@@ -39,8 +39,10 @@ def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-# Sent by the Python clients' REST transport ($alt=json;enum-encoding=int), not part of the discovery document.
-CLIENT_ONLY_PARAMS = ("$alt",)
+# Query parameters real clients send that the discovery document does not list, which Google accepts:
+# the Python clients' REST transport ($alt=json;enum-encoding=int), gcloud's list calls (returnPartialSuccess,
+# dropped from the aggregatedList documents but still honoured).
+CLIENT_ONLY_PARAMS = ("$alt", "returnPartialSuccess")
 
 
 def _rid(request: Request) -> str | None:
@@ -276,6 +278,8 @@ def handle(model: ComputeModel, compute: ComputeResponses, admin: AdminResponses
            request: Request) -> Response:
     """Entry point: faults first for the Compute API, then routing."""
     path = request.path
+    if path == batch.PATH and request.method == "POST":
+        return batch.serve(request, lambda sub: handle(model, compute, admin, faults, sub))
     if path.startswith("/compute/v1/"):
         fault = apply_fault(faults, "compute", request)
         if fault is not None:
