@@ -83,6 +83,19 @@ class FaultRegistry:
                     return fault
         return None
 
+    def denied(self, subject: str) -> set[str]:
+        """Permissions withheld from `subject` ("project/zone/vm email") by deny:PERMISSION faults.
+
+        These stay armed until cleared (a missing role does not heal itself); `match` picks the VMs.
+        """
+        out = set()
+        with self._lock:
+            for fault in self._faults:
+                if fault.kind.startswith("deny:") and fault.count > 0 and fault.matches("metadata", subject):
+                    fault.hits += 1
+                    out.add(fault.kind[5:])
+        return out
+
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()

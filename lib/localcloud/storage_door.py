@@ -32,7 +32,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from lib.localcloud import storage_compat
+from lib.localcloud import iam, storage_compat
 from lib.localcloud.faults import Fault, FaultRegistry
 from lib.localcloud.http import error_body, reset_socket
 from lib.localcloud.shaping import Shaper
@@ -156,6 +156,11 @@ class _DoorHandler(BaseHTTPRequestHandler):
             if fault.kind == "stall":
                 time.sleep(fault.seconds)
         door.shaper.round_trip()
+        refused = iam.refusal("storage", self.command, self.path, self.headers.get("Authorization"), door.faults)
+        if refused is not None:
+            self.close_connection = body is None  # the unread rest of a streamed upload
+            self._send_raw(refused[0], json.dumps(refused[1]).encode())
+            return
         if body is not None:
             door.shaper.up.pace(len(body))
         layout = storage_compat.LAYOUT_RX.fullmatch(urlsplit(self.path).path)

@@ -11,6 +11,7 @@ from werkzeug import Request, Response
 
 from lib.localcloud.compute.models import ComputeModel
 from lib.localcloud.compute.models.util import DEFAULT_OP_DELAY
+from lib.localcloud.compute.quotas_api import QuotasApi
 from lib.localcloud.compute.responses import AdminResponses, ComputeResponses, handle
 from lib.localcloud.faults import FaultRegistry
 
@@ -25,7 +26,8 @@ class ComputeEmulator:
         self.faults = faults
         self.model = ComputeModel(Path(root), faults=faults, time_scale=time_scale, op_delay=op_delay)
         self._compute = ComputeResponses(self.model)
-        self._admin = AdminResponses(self.model)
+        self.quotas = QuotasApi(self.model)
+        self._admin = AdminResponses(self.model, self.quotas)
 
     @property
     def vm_env(self) -> dict[str, str]:
@@ -37,7 +39,7 @@ class ComputeEmulator:
         self.model.vm_env = value
 
     def __call__(self, request: Request) -> Response:
-        return handle(self.model, self._compute, self._admin, self.faults, request)
+        return handle(self.model, self._compute, self._admin, self.faults, request, self.quotas)
 
     def vm_processes(self) -> list[tuple[int, float]]:
         """(pid, create_time) of every live VM process root, for `bin/localcloud down` after a daemon crash."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from werkzeug import Request, Response
 
+from lib.localcloud import iam
 from lib.localcloud.compute import batch, schema
 from lib.localcloud.compute.exceptions import ComputeError, InvalidValue, ResourceNotFound
 from lib.localcloud.compute.models import GOOGLE, ComputeModel
@@ -234,8 +235,9 @@ class ComputeResponses:
 class AdminResponses:
     """/_localcloud/ calls tests and bin/localcloud use to drive what Google would do on its own."""
 
-    def __init__(self, model: ComputeModel) -> None:
+    def __init__(self, model: ComputeModel, quotas_api: Any = None) -> None:
         self.model = model
+        self.quotas_api = quotas_api  # the Cloud Quotas emulation, which `apis` can disable
 
     def dispatch(self, request: Request, path: str) -> Response:
         try:
@@ -257,6 +259,9 @@ class AdminResponses:
             body = _body(request)
             model.op_delay = check_op_delay((body["min"], body["max"]))
             return {"min": model.op_delay[0], "max": model.op_delay[1]}
+        if method == "POST" and path == "apis" and self.quotas_api is not None:
+            self.quotas_api.enabled = bool(_body(request).get("cloudquotas", True))
+            return {"cloudquotas": self.quotas_api.enabled}
         if method == "POST" and path == "quota":
             body = _body(request)
             model.set_quota(body.get("metric", "CPUS"), float(body["limit"]), body.get("region"))
@@ -275,16 +280,21 @@ class AdminResponses:
 
 
 def handle(model: ComputeModel, compute: ComputeResponses, admin: AdminResponses, faults: Any,
-           request: Request) -> Response:
+           request: Request, quotas: Callable[[Request], Response] | None = None) -> Response:
     """Entry point: faults first for the Compute API, then routing."""
     path = request.path
     if path == batch.PATH and request.method == "POST":
-        return batch.serve(request, lambda sub: handle(model, compute, admin, faults, sub))
+        return batch.serve(request, lambda sub: handle(model, compute, admin, faults, sub, quotas))
     if path.startswith("/compute/v1/"):
         fault = apply_fault(faults, "compute", request)
         if fault is not None:
             return fault
+        refused = iam.refusal("compute", request.method, path, request.headers.get("Authorization"), faults)
+        if refused is not None:
+            return json_response(refused[1], status=refused[0])
         return compute.dispatch(request, path[len("/compute/v1/"):].rstrip("/"))
     if path.startswith("/_localcloud/"):
         return admin.dispatch(request, path[len("/_localcloud/"):])
+    if path.startswith("/v1/projects/") and quotas is not None:
+        return quotas(request)
     return google_error(404, f"The requested URL {path} was not found on this server.", "notFound")
