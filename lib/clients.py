@@ -24,9 +24,12 @@ def resolve(cfg: Config) -> Config:
     """Fill in the local cloud's endpoints when the backend is local and none were configured."""
     if not cfg.local or (cfg.compute_endpoint and cfg.storage_endpoint and cfg.monitoring_endpoint):
         return cfg.require_project()
-    from lib.localcloud import running_endpoints
+    from lib.localcloud import LocalCloudError, running_endpoints
 
-    ep = running_endpoints(cfg.state_path)
+    try:
+        ep = running_endpoints(cfg.state_path)
+    except LocalCloudError as exc:
+        raise OpsError(str(exc)) from None
     return cfg.replace(
         compute_endpoint=cfg.compute_endpoint or ep["compute"],
         storage_endpoint=cfg.storage_endpoint or ep["storage"],

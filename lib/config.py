@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.errors import ConfigError
+from lib.localcloud import DEFAULT_PROJECT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,7 +29,7 @@ else:  # pragma: no cover - Python 3.10
 ENV_PREFIX = "OPS_HPC_"
 CONFIG_FILE_ENV = "OPS_HPC_CONFIG"
 DEFAULT_CONFIG_FILE = "ops-hpc.toml"
-LOCAL_PROJECT = "ops-hpc-local"
+LOCAL_PROJECT = DEFAULT_PROJECT  # the local cloud owns its default project id
 
 
 def _default_state_dir() -> str:

@@ -54,6 +54,7 @@ def test_created_vm_has_labels_max_run_delete_on_demand_and_metadata(vms, localc
                            startup_script="sleep 600", metadata={"ops-hpc-bucket": "b1"})
     assert spec.source_image == image and spec.max_run_s == 3 * 3600
     vm = compute.create_vm(vms.cfg, spec, on_log=vms.log)
+    assert vm["status"] == "RUNNING"  # create_vm waited for the insert operation (the emulator takes its time)
     assert vm["labels"] == {"ops-hpc": "true", "ops-hpc-run": "run-7", "ops-hpc-kind": "analysis",
                             "ops-hpc-end": str(spec.expected_end)}
     assert before + (30 + 60 + 30 + 1) * 60 - 1 <= spec.expected_end <= time.time() + 121 * 60
@@ -67,6 +68,7 @@ def test_created_vm_has_labels_max_run_delete_on_demand_and_metadata(vms, localc
     entry = SessionState(vms.cfg).vms()[name]
     assert entry["run_id"] == "Run-7" and entry["kind"] == "analysis" and entry["phase"] == "running"
     assert compute.delete_vm(vms.cfg, name, on_log=vms.log) is True
+    assert compute.get_vm(vms.cfg, name) is None  # delete_vm waited until the VM was gone, not just STOPPING
     assert compute.delete_vm(vms.cfg, name, on_log=vms.log) is False  # idempotent
     assert name not in SessionState(vms.cfg).vms()
 

@@ -37,7 +37,7 @@ def vm(tmp_path: Path) -> Iterator[tuple[ComputeEmulator, str, FaultRegistry]]:
     faults = FaultRegistry()
     emu = ComputeEmulator(tmp_path / "compute", faults=faults)
     try:
-        emu.model.insert_instance(PROJECT, ZONE, body("md-vm", {"batch": "b1", "note": "x y"}, spot=True))
+        emu.model.wait(emu.model.insert_instance(PROJECT, ZONE, body("md-vm", {"batch": "b1", "note": "x y"}, spot=True)))
         host = emu.model.vm_info(f"{PROJECT}/{ZONE}/md-vm")["metadata_host"]
         yield emu, f"http://{host}/computeMetadata/v1", faults
     finally:
@@ -86,7 +86,7 @@ def test_paths(vm: tuple[ComputeEmulator, str, FaultRegistry]) -> None:
     assert get("instance/attributes/?recursive=true&alt=json").json()["batch"] == "b1"
 
     fp = inst["metadata"]["fingerprint"]
-    emu.model.set_metadata(PROJECT, ZONE, "md-vm", {"fingerprint": fp, "items": [{"key": "batch", "value": "b2"}]})
+    emu.model.wait(emu.model.set_metadata(PROJECT, ZONE, "md-vm", {"fingerprint": fp, "items": [{"key": "batch", "value": "b2"}]}))
     assert get("instance/attributes/batch").text == "b2"
     assert get("instance/attributes/note").status_code == 404
 
@@ -123,7 +123,7 @@ def test_metadata_fault_and_gone_instance(vm: tuple[ComputeEmulator, str, FaultR
     resp = requests.get(f"{base}/instance/attributes/batch", headers=FLAVOR, timeout=5)
     assert resp.status_code == 503 and json.loads(resp.text)["error"]["code"] == 503
     assert requests.get(f"{base}/instance/attributes/batch", headers=FLAVOR, timeout=5).text == "b1"
-    emu.model.delete_instance(PROJECT, ZONE, "md-vm")
+    emu.model.wait(emu.model.delete_instance(PROJECT, ZONE, "md-vm"))
     with pytest.raises(requests.RequestException):
         for _ in range(20):  # the server stops in the background within ~0.5 s
             requests.get(f"{base}/instance/name", headers=FLAVOR, timeout=1)

@@ -73,8 +73,8 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 
 def test_cpu_uptime_memory_disk_for_a_running_vm(env: Env) -> None:
-    env.emu.model.insert_instance(PROJECT, ZONE, vm_body("busy", "while :; do :; done\n"))
-    env.emu.model.insert_instance(PROJECT, ZONE, vm_body("idle", "sleep 300\n"))
+    env.emu.model.wait(env.emu.model.insert_instance(PROJECT, ZONE, vm_body("busy", "while :; do :; done\n")))
+    env.emu.model.wait(env.emu.model.insert_instance(PROJECT, ZONE, vm_body("idle", "sleep 300\n")))
     time.sleep(1.3)  # let the sampler take a couple of samples
     cpu = env.series("compute.googleapis.com/instance/cpu/utilization", 'metric.labels.instance_name = "busy"')
     assert len(cpu) == 1
@@ -102,7 +102,7 @@ def test_cpu_uptime_memory_disk_for_a_running_vm(env: Env) -> None:
     assert 0 < disk[0].points[0].value.double_value < 1
 
     # uptime survives deletion (usage reports), and sums per alignment period
-    env.emu.model.delete_instance(PROJECT, ZONE, "busy")
+    env.emu.model.wait(env.emu.model.delete_instance(PROJECT, ZONE, "busy"))
     agg = monitoring_v3.Aggregation(alignment_period={"seconds": 3600},
                                     per_series_aligner=monitoring_v3.Aggregation.Aligner.ALIGN_SUM)
     summed = env.series("compute.googleapis.com/instance/uptime", 'metric.labels.instance_name = "busy"',
@@ -111,7 +111,7 @@ def test_cpu_uptime_memory_disk_for_a_running_vm(env: Env) -> None:
 
 
 def test_no_points_when_metrics_disabled_and_faults(env: Env) -> None:
-    env.emu.model.insert_instance(PROJECT, ZONE, vm_body("vm", "sleep 300\n"))
+    env.emu.model.wait(env.emu.model.insert_instance(PROJECT, ZONE, vm_body("vm", "sleep 300\n")))
     env.emu.model.set_metrics_enabled(False)
     assert env.series("compute.googleapis.com/instance/cpu/utilization") == []
     env.emu.model.set_metrics_enabled(True)

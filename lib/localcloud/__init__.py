@@ -17,9 +17,31 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lib.errors import OpsError
-
 STATE_FILE = "localcloud.json"
+DEFAULT_PROJECT = "ops-hpc-local"  # the project id the local cloud's VMs and gcloud see unless told otherwise
+# Seconds each step of a Compute operation takes (an insert has three: disk, STAGING, RUNNING), drawn
+# uniformly: short enough for the test suite, long enough that code which forgets to wait sees PROVISIONING.
+DEFAULT_OP_DELAY = (0.05, 0.3)
+REALISTIC_OP_DELAY = (5.0, 20.0)  # `--realistic`: GCE takes tens of seconds to create or delete a VM
+
+
+class LocalCloudError(Exception):
+    """A local cloud failure the user can act on (not running, failed to start); the message says what to do.
+
+    The emulator imports nothing from the application; the application turns this into its own error type.
+    """
+
+
+def parse_delay(text: str) -> tuple[float, float]:
+    """'0.2:1.5' (or one number) -> (low, high) seconds, as `bin/localcloud up --op-delay` takes it."""
+    try:
+        low, _, high = text.partition(":")
+        pair = (float(low), float(high or low))
+    except ValueError:
+        raise ValueError(f"not a delay range LOW:HIGH in seconds: {text!r}") from None
+    if not 0 <= pair[0] <= pair[1]:
+        raise ValueError(f"delay range must be 0 <= LOW <= HIGH: {text!r}")
+    return pair
 
 
 def home(state_dir: Path) -> Path:
@@ -53,7 +75,7 @@ def running_endpoints(state_dir: Path) -> dict[str, str]:
     """Endpoints of the running local cloud, or a clear error saying how to start it."""
     state = read_state(state_dir)
     if not state or not is_alive(state["pid"], state.get("create_time")):
-        raise OpsError(
+        raise LocalCloudError(
             f"the local cloud is not running (state dir {state_dir}): start it with `bin/localcloud up` "
             "or `make localcloud-up`, or set OPS_HPC_BACKEND=gcp"
         )

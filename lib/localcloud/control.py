@@ -12,9 +12,18 @@ from typing import Any
 
 import psutil
 
-from lib.errors import OpsError
-from lib.jsonfile import lock_for
-from lib.localcloud import STATE_FILE, admin, home, is_alive, read_state, shell_env
+from lib.localcloud import (
+    DEFAULT_OP_DELAY,
+    DEFAULT_PROJECT,
+    STATE_FILE,
+    LocalCloudError,
+    admin,
+    home,
+    is_alive,
+    read_state,
+    shell_env,
+)
+from lib.localcloud.files import lock_for
 
 REPO = Path(__file__).resolve().parents[2]
 Log = Callable[[str], None]
@@ -74,9 +83,15 @@ def _kill_recorded(state: dict[str, Any], on_log: Log) -> int:
 
 
 def up(
-    state_dir: Path, *, storage_backend: str = "filesystem", time_scale: float = 1.0, on_log: Log = _quiet
+    state_dir: Path, *, storage_backend: str = "filesystem", time_scale: float = 1.0, on_log: Log = _quiet,
+    project: str = DEFAULT_PROJECT, op_delay: tuple[float, float] = DEFAULT_OP_DELAY, rtt_ms: float = 0.0,
+    mbit: float = 0.0,
 ) -> dict[str, Any]:
-    """Start the daemon in the background unless it already runs; returns its endpoints."""
+    """Start the daemon in the background unless it already runs; returns its endpoints.
+
+    op_delay: seconds (low, high) each step of a Compute operation takes; rtt_ms and mbit shape the
+    storage door like a PC's line (0: loopback speed).
+    """
     root = home(state_dir)
     root.mkdir(parents=True, exist_ok=True)
     with lock_for(root / STATE_FILE, timeout=60):
@@ -90,7 +105,8 @@ def up(
             (root / STATE_FILE).unlink(missing_ok=True)
         log_path = root / "daemon.log"
         cmd = [sys.executable, "-m", "lib.localcloud.daemon", "--state-dir", str(Path(state_dir).resolve()),
-               "--storage-backend", storage_backend, "--time-scale", str(time_scale)]
+               "--storage-backend", storage_backend, "--time-scale", str(time_scale), "--project", project,
+               "--op-delay", f"{op_delay[0]}:{op_delay[1]}", "--rtt-ms", str(rtt_ms), "--mbit", str(mbit)]
         kwargs: dict[str, Any] = {}
         if os.name == "nt":
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS
@@ -110,7 +126,7 @@ def up(
             time.sleep(0.05)
         proc.kill()
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-        raise OpsError(f"the local cloud failed to start; see {log_path}: {' | '.join(tail)}")
+        raise LocalCloudError(f"the local cloud failed to start; see {log_path}: {' | '.join(tail)}")
 
 
 def down(state_dir: Path, *, on_log: Log = _quiet) -> bool:

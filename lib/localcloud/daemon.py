@@ -25,11 +25,10 @@ from typing import BinaryIO
 import psutil
 from werkzeug import Request, Response
 
-from lib import jsonfile
-from lib.config import LOCAL_PROJECT
-from lib.localcloud import STATE_FILE, home, vm_environment
+from lib.localcloud import DEFAULT_OP_DELAY, DEFAULT_PROJECT, STATE_FILE, files, home, parse_delay, vm_environment
 from lib.localcloud.faults import FaultRegistry
 from lib.localcloud.http import AppServer, google_error, json_response
+from lib.localcloud.shaping import Shaper
 from lib.localcloud.storage_door import StorageDoor
 
 
@@ -102,7 +101,9 @@ class AdminRouter:
         return self.emulator(request)
 
 
-def serve(state_dir: Path, *, storage_backend: str = "filesystem", time_scale: float = 1.0) -> None:
+def serve(state_dir: Path, *, storage_backend: str = "filesystem", time_scale: float = 1.0,
+          project: str = DEFAULT_PROJECT, op_delay: tuple[float, float] = DEFAULT_OP_DELAY,
+          rtt_ms: float = 0.0, mbit: float = 0.0) -> None:
     from lib.localcloud.compute import ComputeEmulator
     from lib.localcloud.monitoring import serve_monitoring
 
@@ -113,12 +114,13 @@ def serve(state_dir: Path, *, storage_backend: str = "filesystem", time_scale: f
 
     # The door binds its port first: fake-gcs-server must know it (-external-url) before it starts,
     # and choosing two "free" ports before binding either can yield the same port twice.
-    door = StorageDoor(("127.0.0.1", 0), faults=faults, gate_names=storage_backend == "filesystem")
+    door = StorageDoor(("127.0.0.1", 0), faults=faults, gate_names=storage_backend == "filesystem",
+                       shaper=Shaper(rtt_ms=rtt_ms, mbit=mbit))
     gcs, gcs_port = start_gcs(root / "storage", storage_backend, door.url, log)
     try:
         door.upstream = ("127.0.0.1", gcs_port)
         door.start()
-        emulator = ComputeEmulator(root / "compute", faults=faults, time_scale=time_scale)
+        emulator = ComputeEmulator(root / "compute", faults=faults, time_scale=time_scale, op_delay=op_delay)
         compute = AppServer(AdminRouter(emulator, faults))
         compute.start()
         grpc_server, mon_port = serve_monitoring(emulator.model, faults)
@@ -132,7 +134,7 @@ def serve(state_dir: Path, *, storage_backend: str = "filesystem", time_scale: f
         "compute": compute.url,
         "monitoring": f"127.0.0.1:{mon_port}",
     }
-    emulator.vm_env.update(vm_environment(endpoints, LOCAL_PROJECT))
+    emulator.vm_env.update(vm_environment(endpoints, project))
     me = psutil.Process()
     state = {
         "pid": os.getpid(),
@@ -154,14 +156,14 @@ def serve(state_dir: Path, *, storage_backend: str = "filesystem", time_scale: f
         if sig is not None:
             signal.signal(sig, on_signal)
 
-    jsonfile.write_atomic(state_path, state)
+    files.write_atomic(state_path, state)
     last_vms = None
     try:
         while not stop.wait(0.5):
             vms = [{"pid": pid, "create_time": ct} for pid, ct in emulator.vm_processes()]
             if vms != last_vms:
                 state["vms"] = vms
-                jsonfile.write_atomic(state_path, state)
+                files.write_atomic(state_path, state)
                 last_vms = vms
             if gcs.poll() is not None:
                 log.write(b"fake-gcs-server died; shutting down\n")
@@ -184,8 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--storage-backend", choices=("filesystem", "memory"), default="filesystem")
     parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--project", default=DEFAULT_PROJECT, help="project id the VMs (and gcloud in them) use")
+    parser.add_argument("--op-delay", type=parse_delay, default=DEFAULT_OP_DELAY, metavar="LOW:HIGH",
+                        help="seconds each step of a Compute operation takes")
+    parser.add_argument("--rtt-ms", type=float, default=0.0, help="storage door: added round-trip time")
+    parser.add_argument("--mbit", type=float, default=0.0, help="storage door: bandwidth cap (0: none)")
     args = parser.parse_args(argv)
-    serve(args.state_dir, storage_backend=args.storage_backend, time_scale=args.time_scale)
+    serve(args.state_dir, storage_backend=args.storage_backend, time_scale=args.time_scale, project=args.project,
+          op_delay=args.op_delay, rtt_ms=args.rtt_ms, mbit=args.mbit)
     return 0
 
 

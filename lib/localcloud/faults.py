@@ -8,6 +8,12 @@ kinds are what a real network and a real Google API do to you:
   reset                              - the TCP connection is dropped with an RST, no answer
   stall                              - the answer is held back for `seconds` (the client times out)
   corrupt                            - storage media downloads only: one byte flipped, same size
+  stockout                           - compute instance inserts (and starts) whose path matches: the operation
+                                       fails with ZONE_RESOURCE_POOL_EXHAUSTED, as GCE does when a zone is out
+                                       of capacity (match "zones/us-central1-a/" to pick a zone)
+  deny:PERMISSION                    - metadata: the VM's service account lacks PERMISSION (e.g.
+                                       compute.instances.delete, storage.objects.create); calls that need it
+                                       with that VM's token answer 403 (match picks the VM by name)
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 APIS = ("storage", "compute", "metadata", "monitoring")
+MODEL_KINDS = ("stockout",)  # consumed by the Compute model, not by an HTTP layer
 
 
 @dataclass
@@ -53,23 +60,41 @@ class FaultRegistry:
     def add(self, api: str, kind: str, count: int = 1, match: str = "", seconds: float = 5.0) -> Fault:
         if api not in APIS:
             raise ValueError(f"unknown api {api!r}: one of {', '.join(APIS)}")
-        if not (kind in ("reset", "stall", "corrupt") or re.fullmatch(r"http:[1-5][0-9][0-9]", kind)):
-            raise ValueError(f"unknown fault kind {kind!r}: http:CODE, reset, stall or corrupt")
+        if not (kind in ("reset", "stall", "corrupt", "stockout") or re.fullmatch(r"http:[1-5][0-9][0-9]", kind)
+                or re.fullmatch(r"deny:[a-z]+\.[a-zA-Z]+\.[a-zA-Z]+", kind)):
+            raise ValueError(f"unknown fault kind {kind!r}: http:CODE, reset, stall, corrupt, stockout or deny:PERMISSION")
         re.compile(match)
         fault = Fault(api=api, kind=kind, count=int(count), match=match, seconds=float(seconds))
         with self._lock:
             self._faults.append(fault)
         return fault
 
-    def take(self, api: str, method: str, path: str) -> Fault | None:
+    def take(self, api: str, method: str, path: str, kinds: tuple[str, ...] | None = None) -> Fault | None:
+        """Consume the first armed fault for this call. Without `kinds`: the faults HTTP layers apply
+        (http:CODE, reset, stall, corrupt); the model asks for its own kinds (stockout) by name."""
         line = f"{method} {path}"
         with self._lock:
             for fault in self._faults:
-                if fault.matches(api, line):
+                model_kind = fault.kind in MODEL_KINDS or fault.kind.startswith("deny:")
+                wanted = fault.kind in kinds if kinds is not None else not model_kind
+                if wanted and fault.matches(api, line):
                     fault.count -= 1
                     fault.hits += 1
                     return fault
         return None
+
+    def denied(self, subject: str) -> set[str]:
+        """Permissions withheld from `subject` ("project/zone/vm email") by deny:PERMISSION faults.
+
+        These stay armed until cleared (a missing role does not heal itself); `match` picks the VMs.
+        """
+        out = set()
+        with self._lock:
+            for fault in self._faults:
+                if fault.kind.startswith("deny:") and fault.count > 0 and fault.matches("metadata", subject):
+                    fault.hits += 1
+                    out.add(fault.kind[5:])
+        return out
 
     def clear(self) -> None:
         with self._lock:

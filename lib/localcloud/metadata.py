@@ -15,6 +15,7 @@ from typing import Any
 
 from werkzeug import Request, Response
 
+from lib.localcloud import iam
 from lib.localcloud.faults import FaultRegistry
 from lib.localcloud.http import AppServer, apply_fault
 
@@ -142,10 +143,10 @@ def _wait_for_change(view: View, path: str, first: dict[str, Any], timeout: floa
 
 
 def _credentials(kind: str, request: Request, v: dict[str, Any]) -> Response:
-    """Local tokens: opaque strings; the local cloud's APIs accept any credential."""
+    """Local tokens name the VM and its account, so the local APIs can check its permissions (iam.py)."""
     if kind == "token":
-        body = {"access_token": f"ya29.localcloud-{v['name']}-{int(time.time())}", "expires_in": 3599,
-                "token_type": "Bearer"}
+        vm = f"{v['project']}/{v['zone']}/{v['name']}"
+        body = {"access_token": iam.vm_token(vm, v["email"]), "expires_in": 3599, "token_type": "Bearer"}
         return _answer(json.dumps(body), mimetype="application/json")
     audience = request.args.get("audience")
     if not audience:

@@ -36,7 +36,8 @@ from google.cloud.monitoring_v3.types import (
 )
 
 from lib.localcloud import vms
-from lib.localcloud.compute.models import ComputeModel, folder_bytes
+from lib.localcloud.compute.models import ComputeModel
+from lib.localcloud.compute.models.util import folder_bytes
 from lib.localcloud.faults import FaultRegistry
 
 CPU = "compute.googleapis.com/instance/cpu/utilization"

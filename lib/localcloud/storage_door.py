@@ -17,6 +17,8 @@ Three reasons it exists:
   same name gate and preconditions, and answers in GCS's multipart/mixed form.
 - It is where storage faults are injected: HTTP errors, connection resets,
   stalls, and same-size corruption of downloaded bytes.
+- It answers as GCS where fake-gcs-server differs (storage_compat.py: DELETE 204, error reasons,
+  storageLayout), and it can shape the network like a PC's line (shaping.py: RTT and bandwidth).
 """
 
 from __future__ import annotations
@@ -30,61 +32,15 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from lib.localcloud import iam, storage_compat
 from lib.localcloud.faults import Fault, FaultRegistry
 from lib.localcloud.http import error_body, reset_socket
+from lib.localcloud.shaping import Shaper
+from lib.localcloud.storage_names import names_in_request, object_target, unsafe_name
 
 CHUNK = 1 << 20
 HEAD = 64 << 10  # how much of a streamed request body is inspected for object names
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
-
-
-def unsafe_name(name: str) -> bool:
-    """True when a filesystem store would resolve the name outside its bucket folder."""
-    return any(part == ".." for part in name.replace("\\", "/").split("/"))
-
-
-def object_target(method: str, raw_path: str, body_head: bytes) -> tuple[str, str] | None:
-    """(bucket, object) a write or delete applies to, or None for reads and bucket calls."""
-    parts = urlsplit(raw_path)
-    segs = parts.path.split("/")
-    if method == "DELETE" or method in ("PUT", "PATCH") and "upload_id" not in parts.query:
-        # /storage/v1/b/B/o/NAME
-        if len(segs) == 7 and segs[1:3] == ["storage", "v1"] and segs[3] == "b" and segs[5] == "o":
-            return unquote(segs[4]), unquote(segs[6])
-        return None
-    if method == "POST" and parts.path.startswith("/upload/storage/v1/b/") and len(segs) >= 7:
-        names = names_in_request(method, raw_path, body_head)
-        return (unquote(segs[5]), names[0]) if names else None
-    return None
-
-
-def names_in_request(method: str, raw_path: str, body_head: bytes) -> list[str]:
-    """Every object name a storage request refers to: in the path, the query, or the JSON metadata."""
-    parts = urlsplit(raw_path)
-    names = list(parse_qs(parts.query).get("name", []))
-    segs = parts.path.split("/")
-    # .../b/BUCKET/o/NAME[/copyTo|rewriteTo/b/B2/o/NAME2]; names are %-encoded single segments.
-    for i, seg in enumerate(segs[:-1]):
-        if seg == "o" and i >= 2 and segs[i - 2] == "b":
-            names.append(unquote(segs[i + 1]))
-    if body_head[:1] == b"{":
-        try:
-            meta = json.loads(body_head)
-            if isinstance(meta, dict) and isinstance(meta.get("name"), str):
-                names.append(meta["name"])
-        except ValueError:
-            pass
-    elif b'"name"' in body_head[:65536]:  # multipart upload: the first part is the JSON metadata
-        start = body_head.find(b"{")
-        end = body_head.find(b"}", start)
-        if start >= 0 and end > start:
-            try:
-                meta = json.loads(body_head[start : end + 1])
-                if isinstance(meta.get("name"), str):
-                    names.append(meta["name"])
-            except ValueError:
-                pass
-    return names
 
 
 class StorageDoor:
@@ -98,6 +54,7 @@ class StorageDoor:
         gate_names: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
+        shaper: Shaper | None = None,
     ) -> None:
         door = self
 
@@ -108,6 +65,7 @@ class StorageDoor:
         self.upstream = upstream
         self.faults = faults
         self.gate_names = gate_names
+        self.shaper = shaper or Shaper()
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self.host, self.port = self.server.server_address[:2]
@@ -197,6 +155,18 @@ class _DoorHandler(BaseHTTPRequestHandler):
                 return
             if fault.kind == "stall":
                 time.sleep(fault.seconds)
+        door.shaper.round_trip()
+        refused = iam.refusal("storage", self.command, self.path, self.headers.get("Authorization"), door.faults)
+        if refused is not None:
+            self.close_connection = body is None  # the unread rest of a streamed upload
+            self._send_raw(refused[0], json.dumps(refused[1]).encode())
+            return
+        if body is not None:
+            door.shaper.up.pace(len(body))
+        layout = storage_compat.LAYOUT_RX.fullmatch(urlsplit(self.path).path)
+        if self.command == "GET" and layout:
+            self._storage_layout(unquote(layout.group(1)))
+            return
         if self.command == "POST" and urlsplit(self.path).path == "/batch/storage/v1" and body is not None:
             self._batch(body)
             return
@@ -214,6 +184,23 @@ class _DoorHandler(BaseHTTPRequestHandler):
                 self._send_json(412, problem)
                 return
             self._forward(body, length, fault)
+
+    def _storage_layout(self, bucket: str) -> None:
+        conn = self._upstream()
+        conn.request("GET", f"/storage/v1/b/{quote(bucket, safe='')}")
+        resp = conn.getresponse()
+        raw = resp.read()
+        if resp.status != 200:
+            self._send_raw(resp.status, storage_compat.google_error_payload(resp.status, raw))
+            return
+        self._send_raw(200, json.dumps(storage_compat.storage_layout(bucket, json.loads(raw))).encode())
+
+    def _send_raw(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _refused_name(self, method: str, path: str, body: bytes | None) -> str | None:
         if not self.door.gate_names:
@@ -288,6 +275,10 @@ class _DoorHandler(BaseHTTPRequestHandler):
                 self._conn = None
                 conn.close()
                 return 503, "Service Unavailable", json.dumps(error_body(503, "backend unavailable"))
+        if resp.status >= 400:
+            payload = storage_compat.google_error_payload(resp.status, payload)
+        elif storage_compat.is_resource_delete(method, path):
+            return 204, "No Content", ""
         return resp.status, resp.reason, payload.decode("utf-8", "replace")
 
     def _precondition_problem(self, method: str, target: tuple[str, str], query: dict[str, list[str]]) -> str | None:
@@ -333,6 +324,7 @@ class _DoorHandler(BaseHTTPRequestHandler):
                     chunk = self.rfile.read(min(CHUNK, remaining))
                     if not chunk:
                         break
+                    door.shaper.up.pace(len(chunk))
                     conn.send(chunk)
                     remaining -= len(chunk)
             resp = conn.getresponse()
@@ -345,6 +337,15 @@ class _DoorHandler(BaseHTTPRequestHandler):
         self._relay(resp, corrupt)
 
     def _relay(self, resp: http.client.HTTPResponse, corrupt: bool) -> None:
+        if resp.status >= 400 and self.command != "HEAD":
+            self._send_raw(resp.status, storage_compat.google_error_payload(resp.status, resp.read()))
+            return
+        if 200 <= resp.status < 300 and storage_compat.is_resource_delete(self.command, self.path):
+            resp.read()
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(resp.status, resp.reason)
         known_length = resp.getheader("Content-Length")
         payload = None if known_length is not None or self.command == "HEAD" else resp.read()
@@ -356,6 +357,7 @@ class _DoorHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(size))
         self.end_headers()
         if payload is not None:
+            self.door.shaper.down.pace(len(payload))
             self.wfile.write(_flip(payload) if corrupt else payload)
             return
         first = True
@@ -366,6 +368,7 @@ class _DoorHandler(BaseHTTPRequestHandler):
             if corrupt and first:
                 chunk = _flip(chunk)
             first = False
+            self.door.shaper.down.pace(len(chunk))
             self.wfile.write(chunk)
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from werkzeug import Request, Response
 
 from lib.localcloud.compute.models import ComputeModel
+from lib.localcloud.compute.models.util import DEFAULT_OP_DELAY
+from lib.localcloud.compute.quotas_api import QuotasApi
 from lib.localcloud.compute.responses import AdminResponses, ComputeResponses, handle
 from lib.localcloud.faults import FaultRegistry
 
@@ -19,11 +21,13 @@ __all__ = ["ComputeEmulator", "ComputeModel"]
 class ComputeEmulator:
     """A werkzeug app serving /compute/v1/... and /_localcloud/... over a ComputeModel rooted at `root`."""
 
-    def __init__(self, root: Path, *, faults: FaultRegistry | None = None, time_scale: float = 1.0) -> None:
+    def __init__(self, root: Path, *, faults: FaultRegistry | None = None, time_scale: float = 1.0,
+                 op_delay: tuple[float, float] = DEFAULT_OP_DELAY) -> None:
         self.faults = faults
-        self.model = ComputeModel(Path(root), faults=faults, time_scale=time_scale)
+        self.model = ComputeModel(Path(root), faults=faults, time_scale=time_scale, op_delay=op_delay)
         self._compute = ComputeResponses(self.model)
-        self._admin = AdminResponses(self.model)
+        self.quotas = QuotasApi(self.model)
+        self._admin = AdminResponses(self.model, self.quotas)
 
     @property
     def vm_env(self) -> dict[str, str]:
@@ -35,7 +39,7 @@ class ComputeEmulator:
         self.model.vm_env = value
 
     def __call__(self, request: Request) -> Response:
-        return handle(self.model, self._compute, self._admin, self.faults, request)
+        return handle(self.model, self._compute, self._admin, self.faults, request, self.quotas)
 
     def vm_processes(self) -> list[tuple[int, float]]:
         """(pid, create_time) of every live VM process root, for `bin/localcloud down` after a daemon crash."""

@@ -78,3 +78,29 @@ class ResourceNotReady(ComputeError):
     code = 400
     reason = "resourceNotReady"
     op_code = "RESOURCE_NOT_READY"
+
+
+class ZoneResourcePoolExhausted(ComputeError):
+    """No capacity for the machine type in the zone (common for large and Spot VMs); GCE fails the operation."""
+
+    code = 503
+    reason = "resourcePoolExhausted"
+    op_code = "ZONE_RESOURCE_POOL_EXHAUSTED"
+    http_message = "SERVICE UNAVAILABLE"
+
+    def __init__(self, zone: str) -> None:
+        super().__init__(f"The zone 'projects/-/zones/{zone}' does not have enough resources available to fulfill "
+                         "the request.  Try a different zone, or try again later.")
+
+
+class PermissionDenied(ComputeError):
+    """403 forbidden: the caller's service account lacks the permission (a VM's metadata token)."""
+
+    code = 403
+    reason = "forbidden"
+    op_code = "PERMISSION_DENIED"
+    http_message = "FORBIDDEN"
+
+    def __init__(self, permission: str, resource: str) -> None:
+        super().__init__(f"Required '{permission}' permission for '{resource}'")
+        self.permission = permission

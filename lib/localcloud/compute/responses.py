@@ -13,8 +13,12 @@ from typing import Any
 
 from werkzeug import Request, Response
 
+from lib.localcloud import iam
+from lib.localcloud.compute import batch, schema
 from lib.localcloud.compute.exceptions import ComputeError, InvalidValue, ResourceNotFound
 from lib.localcloud.compute.models import GOOGLE, ComputeModel
+from lib.localcloud.compute.models.filters import compile_filter
+from lib.localcloud.compute.models.util import check_op_delay
 from lib.localcloud.http import apply_fault, google_error, json_response
 
 Handler = Callable[[Request, dict[str, str]], Any]
@@ -34,6 +38,12 @@ def _body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidValue("Invalid JSON payload received. Expected an object.")
     return body
+
+
+# Query parameters real clients send that the discovery document does not list, which Google accepts:
+# the Python clients' REST transport ($alt=json;enum-encoding=int), gcloud's list calls (returnPartialSuccess,
+# dropped from the aggregatedList documents but still honoured).
+CLIENT_ONLY_PARAMS = ("$alt", "returnPartialSuccess")
 
 
 def _rid(request: Request) -> str | None:
@@ -59,56 +69,78 @@ def _page(request: Request, items: list[dict[str, Any]], kind: str, self_link: s
     return out
 
 
+def _aggregated(kind: str, project: str, what: str, items: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": kind, "id": f"projects/{project}/aggregated/{what}", "items": items,
+            "selfLink": f"{GOOGLE}/projects/{project}/aggregated/{what}"}
+
+
 class ComputeResponses:
-    """Route table + handlers. Each handler returns a JSON-able dict (or a Response)."""
+    """Route table + handlers. Each handler returns a JSON-able dict (or a Response).
+
+    Each route names its discovery method: the request is checked against it (schema.py) before the handler.
+    """
 
     def __init__(self, model: ComputeModel) -> None:
         self.model = model
-        self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self.routes: list[tuple[str, re.Pattern[str], Handler, str]] = []
         add = self._add
-        add("GET", P, lambda r, a: model.project(a["project"]))
-        add("GET", Z + "/instances", self.list_instances)
-        add("POST", Z + "/instances", lambda r, a: model.insert_instance(a["project"], a["zone"], _body(r), _rid(r)))
-        add("GET", P + "/aggregated/instances", self.aggregated_instances)
-        add("GET", INST, lambda r, a: model.get_instance(a["project"], a["zone"], a["name"]))
-        add("DELETE", INST, lambda r, a: model.delete_instance(a["project"], a["zone"], a["name"], _rid(r)))
-        add("POST", INST + "/stop", lambda r, a: model.stop_instance(a["project"], a["zone"], a["name"], _rid(r)))
-        add("POST", INST + "/start", lambda r, a: model.start_instance(a["project"], a["zone"], a["name"], _rid(r)))
-        add("POST", INST + "/setMetadata",
+        add("GET", P, "projects.get", lambda r, a: model.project(a["project"]))
+        add("GET", Z + "/instances", "instances.list", self.list_instances)
+        add("POST", Z + "/instances", "instances.insert",
+            lambda r, a: model.insert_instance(a["project"], a["zone"], _body(r), _rid(r)))
+        add("GET", P + "/aggregated/instances", "instances.aggregatedList", self.aggregated_instances)
+        add("GET", INST, "instances.get", lambda r, a: model.get_instance(a["project"], a["zone"], a["name"]))
+        add("DELETE", INST, "instances.delete",
+            lambda r, a: model.delete_instance(a["project"], a["zone"], a["name"], _rid(r)))
+        add("POST", INST + "/stop", "instances.stop",
+            lambda r, a: model.stop_instance(a["project"], a["zone"], a["name"], _rid(r)))
+        add("POST", INST + "/start", "instances.start",
+            lambda r, a: model.start_instance(a["project"], a["zone"], a["name"], _rid(r)))
+        add("POST", INST + "/setMetadata", "instances.setMetadata",
             lambda r, a: model.set_metadata(a["project"], a["zone"], a["name"], _body(r), _rid(r)))
-        add("POST", INST + "/setLabels",
+        add("POST", INST + "/setLabels", "instances.setLabels",
             lambda r, a: model.set_labels(a["project"], a["zone"], a["name"], _body(r), _rid(r)))
-        add("GET", INST + "/serialPort", self.serial_port)
-        add("GET", P + "/global/images", self.list_images)
-        add("POST", P + "/global/images", self.insert_image)
-        add("GET", P + r"/global/images/family/(?P<family>[^/]+)",
+        add("GET", INST + "/serialPort", "instances.getSerialPortOutput", self.serial_port)
+        add("GET", P + "/global/images", "images.list", self.list_images)
+        add("POST", P + "/global/images", "images.insert", self.insert_image)
+        add("GET", P + r"/global/images/family/(?P<family>[^/]+)", "images.getFromFamily",
             lambda r, a: model.image_from_family(a["project"], a["family"]))
-        add("GET", P + r"/global/images/(?P<name>[^/]+)", lambda r, a: model.get_image(a["project"], a["name"]))
-        add("DELETE", P + r"/global/images/(?P<name>[^/]+)",
+        add("GET", P + r"/global/images/(?P<name>[^/]+)", "images.get",
+            lambda r, a: model.get_image(a["project"], a["name"]))
+        add("DELETE", P + r"/global/images/(?P<name>[^/]+)", "images.delete",
             lambda r, a: model.delete_image(a["project"], a["name"], _rid(r)))
-        add("POST", P + r"/global/images/(?P<name>[^/]+)/deprecate",
+        add("POST", P + r"/global/images/(?P<name>[^/]+)/deprecate", "images.deprecate",
             lambda r, a: model.deprecate_image(a["project"], a["name"], _body(r), _rid(r)))
-        add("POST", P + r"/global/images/(?P<name>[^/]+)/setLabels",
+        add("POST", P + r"/global/images/(?P<name>[^/]+)/setLabels", "images.setLabels",
             lambda r, a: model.set_image_labels(a["project"], a["name"], _body(r), _rid(r)))
-        add("GET", P + r"/regions/(?P<region>[^/]+)", lambda r, a: model.region(a["project"], a["region"]))
-        add("GET", Z, lambda r, a: model.zone(a["project"], a["zone"]))
-        add("GET", Z + r"/machineTypes/(?P<mt>[^/]+)",
+        add("GET", P + "/regions", "regions.list", self._lister("compute#regionList", "regions",
+                                                                lambda a: model.list_regions(a["project"])))
+        add("GET", P + r"/regions/(?P<region>[^/]+)", "regions.get", lambda r, a: model.region(a["project"], a["region"]))
+        add("GET", P + "/zones", "zones.list", self._lister("compute#zoneList", "zones",
+                                                            lambda a: model.list_zones(a["project"])))
+        add("GET", Z, "zones.get", lambda r, a: model.zone(a["project"], a["zone"]))
+        add("GET", Z + "/machineTypes", "machineTypes.list",
+            self._lister("compute#machineTypeList", "zones/{zone}/machineTypes",
+                         lambda a: model.list_machine_types(a["project"], a["zone"])))
+        add("GET", P + "/aggregated/machineTypes", "machineTypes.aggregatedList", self.aggregated_machine_types)
+        add("GET", Z + r"/machineTypes/(?P<mt>[^/]+)", "machineTypes.get",
             lambda r, a: model.machine_type(a["project"], a["zone"], a["mt"]))
-        for scope, zone in ((Z, True), (P + "/global", False)):
-            add("GET", scope + "/operations", self._ops_list(zone))
-            add("GET", scope + r"/operations/(?P<op>[^/]+)",
+        add("GET", P + "/aggregated/operations", "globalOperations.aggregatedList", self.aggregated_operations)
+        for scope, zone, ops in ((Z, True, "zoneOperations"), (P + "/global", False, "globalOperations")):
+            add("GET", scope + "/operations", f"{ops}.list", self._ops_list(zone))
+            add("GET", scope + r"/operations/(?P<op>[^/]+)", f"{ops}.get",
                 lambda r, a: model.get_operation(a["project"], a.get("zone"), a["op"]))
-            add("POST", scope + r"/operations/(?P<op>[^/]+)/wait",
-                lambda r, a: model.get_operation(a["project"], a.get("zone"), a["op"]))
-            add("DELETE", scope + r"/operations/(?P<op>[^/]+)", self.delete_operation)
+            add("POST", scope + r"/operations/(?P<op>[^/]+)/wait", f"{ops}.wait",
+                lambda r, a: model.wait_operation(a["project"], a.get("zone"), a["op"]))
+            add("DELETE", scope + r"/operations/(?P<op>[^/]+)", f"{ops}.delete", self.delete_operation)
 
-    def _add(self, method: str, pattern: str, handler: Handler) -> None:
-        self.routes.append((method, re.compile(pattern), handler))
+    def _add(self, method: str, pattern: str, method_id: str, handler: Handler) -> None:
+        self.routes.append((method, re.compile(pattern), handler, method_id))
 
     def dispatch(self, request: Request, path: str) -> Response:
         """Serve one /compute/v1 request (path without that prefix); ComputeErrors become Google errors."""
         known_path = False
-        for method, rx, handler in self.routes:
+        for method, rx, handler, method_id in self.routes:
             m = rx.fullmatch(path)
             if not m:
                 continue
@@ -116,6 +148,8 @@ class ComputeResponses:
             if method != request.method:
                 continue
             try:
+                query = {k: v for k, v in request.args.items() if k not in CLIENT_ONLY_PARAMS}
+                schema.check_request(method_id, query, _body(request) if method == "POST" else None)
                 result = handler(request, m.groupdict())
             except ComputeError as exc:
                 return google_error(exc.code, exc.message, exc.reason)
@@ -137,8 +171,31 @@ class ComputeResponses:
         grouped: dict[str, dict[str, Any]] = {}
         for inst in items:
             grouped.setdefault("zones/" + inst["zone"].rsplit("/", 1)[-1], {"instances": []})["instances"].append(inst)
-        return {"kind": "compute#instanceAggregatedList", "id": f"projects/{a['project']}/aggregated/instances",
-                "items": grouped, "selfLink": f"{GOOGLE}/projects/{a['project']}/aggregated/instances"}
+        return _aggregated("compute#instanceAggregatedList", a["project"], "instances", grouped)
+
+    def _lister(self, kind: str, scope: str, items: Callable[[dict[str, str]], list[dict[str, Any]]]) -> Handler:
+        def handler(request: Request, a: dict[str, str]) -> dict[str, Any]:
+            found = [i for i in items(a) if compile_filter(request.args.get("filter"))(i)]
+            where = f"projects/{a['project']}/" + scope.format(**a)
+            return _page(request, found, kind, f"{GOOGLE}/{where}", where)
+
+        return handler
+
+    def aggregated_machine_types(self, request: Request, a: dict[str, str]) -> dict[str, Any]:
+        match = compile_filter(request.args.get("filter"))
+        items = {f"zones/{z['name']}": {"machineTypes": [m for m in self.model.list_machine_types(a["project"],
+                                                                                                  z["name"])
+                                                           if match(m)]}
+                 for z in self.model.list_zones(a["project"])}
+        return _aggregated("compute#machineTypeAggregatedList", a["project"], "machineTypes", items)
+
+    def aggregated_operations(self, request: Request, a: dict[str, str]) -> dict[str, Any]:
+        """Every zone's and the global operations, keyed 'zones/Z' and 'global' (gcloud compute operations list)."""
+        items: dict[str, dict[str, Any]] = {}
+        for op in self.model.list_operations(a["project"], None, request.args.get("filter"), every_scope=True):
+            scope = "zones/" + op["zone"].rsplit("/", 1)[-1] if op.get("zone") else "global"
+            items.setdefault(scope, {"operations": []})["operations"].append(op)
+        return _aggregated("compute#operationAggregatedList", a["project"], "operations", items)
 
     def serial_port(self, request: Request, a: dict[str, str]) -> dict[str, Any]:
         try:
@@ -178,8 +235,9 @@ class ComputeResponses:
 class AdminResponses:
     """/_localcloud/ calls tests and bin/localcloud use to drive what Google would do on its own."""
 
-    def __init__(self, model: ComputeModel) -> None:
+    def __init__(self, model: ComputeModel, quotas_api: Any = None) -> None:
         self.model = model
+        self.quotas_api = quotas_api  # the Cloud Quotas emulation, which `apis` can disable
 
     def dispatch(self, request: Request, path: str) -> Response:
         try:
@@ -197,6 +255,13 @@ class AdminResponses:
         if method == "POST" and path == "time_scale":
             model.set_time_scale(float(_body(request)["time_scale"]))
             return {"time_scale": model.time_scale}
+        if method == "POST" and path == "op_delay":
+            body = _body(request)
+            model.op_delay = check_op_delay((body["min"], body["max"]))
+            return {"min": model.op_delay[0], "max": model.op_delay[1]}
+        if method == "POST" and path == "apis" and self.quotas_api is not None:
+            self.quotas_api.enabled = bool(_body(request).get("cloudquotas", True))
+            return {"cloudquotas": self.quotas_api.enabled}
         if method == "POST" and path == "quota":
             body = _body(request)
             model.set_quota(body.get("metric", "CPUS"), float(body["limit"]), body.get("region"))
@@ -215,14 +280,21 @@ class AdminResponses:
 
 
 def handle(model: ComputeModel, compute: ComputeResponses, admin: AdminResponses, faults: Any,
-           request: Request) -> Response:
+           request: Request, quotas: Callable[[Request], Response] | None = None) -> Response:
     """Entry point: faults first for the Compute API, then routing."""
     path = request.path
+    if path == batch.PATH and request.method == "POST":
+        return batch.serve(request, lambda sub: handle(model, compute, admin, faults, sub, quotas))
     if path.startswith("/compute/v1/"):
         fault = apply_fault(faults, "compute", request)
         if fault is not None:
             return fault
+        refused = iam.refusal("compute", request.method, path, request.headers.get("Authorization"), faults)
+        if refused is not None:
+            return json_response(refused[1], status=refused[0])
         return compute.dispatch(request, path[len("/compute/v1/"):].rstrip("/"))
     if path.startswith("/_localcloud/"):
         return admin.dispatch(request, path[len("/_localcloud/"):])
+    if path.startswith("/v1/projects/") and quotas is not None:
+        return quotas(request)
     return google_error(404, f"The requested URL {path} was not found on this server.", "notFound")
