@@ -50,19 +50,16 @@ def vm_rows(cfg: Config, vms: list[dict[str, Any]], *, now: float | None = None)
 
 
 def bucket_info(cfg: Config) -> dict[str, Any]:
-    """Pending result sets (top-level prefixes and zips not starting with '_'), their sizes, storage USD/month."""
-    sets: dict[str, dict[str, Any]] = {}
-    total = 0
-    for blob in storage.list_blobs(cfg):
-        size = int(blob.size or 0)
-        total += size
-        top = blob.name.split("/", 1)[0]
-        if top.startswith("_"):
-            continue
-        entry = sets.setdefault(top, {"name": top, "objects": 0, "bytes": 0})
-        entry["objects"] += 1
-        entry["bytes"] += size
-    return {"bucket": cfg.bucket_name, "result_sets": sorted(sets.values(), key=lambda s: s["name"]),
+    """Result sets waiting in the bucket, counted as `bin/pull --list` counts them (results.classify), with sizes
+    and storage USD/month; objects under `_`-prefixed folders are not results but are stored (and billed) too."""
+    from lib import results
+
+    blobs = storage.list_blobs(cfg)
+    total = sum(int(b.size or 0) for b in blobs)
+    listing = results.classify([results.Obj.from_blob(b) for b in blobs])
+    sets = [{"name": s.id, "kind": s.kind, "objects": len(s.objects), "bytes": s.size,
+             **({"problem": s.problem} if s.problem else {})} for s in listing.sets]
+    return {"bucket": cfg.bucket_name, "result_sets": sets, "other_objects": len(listing.other),
             "total_bytes": total, "usd_per_month": round(pricing.storage_monthly(cfg, total), 4)}
 
 

@@ -120,8 +120,8 @@ def test_injected_503_and_reset_during_download_are_recovered(bucket, tmp_path, 
 
 
 def test_sliced_download_of_a_large_object(bucket, tmp_path, monkeypatch, faults):
-    monkeypatch.setattr(results, "LARGE_OBJECT", 100_000)
-    monkeypatch.setattr(results, "SLICE", 30_000)
+    monkeypatch.setattr(results.transfers, "LARGE_OBJECT", 100_000)
+    monkeypatch.setattr(results.transfers, "SLICE", 30_000)
     import os
 
     big = os.urandom(250_001)
@@ -319,7 +319,7 @@ def test_watch_survives_a_failing_poll(bucket, tmp_path, monkeypatch):
             raise OpsError("network down")
         return real(cfg)
 
-    monkeypatch.setattr(results, "list_sets", flaky)
+    monkeypatch.setattr(results.listing, "list_sets", flaky)
     put(bucket, "x.zip", make_zip({"a": b"1"}))
     logs = []
     reports = results.watch(bucket, tmp_path / "r", interval=1, sleep=lambda s: None, max_polls=2, settle=0,
