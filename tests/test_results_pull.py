@@ -71,8 +71,7 @@ def test_underscore_prefixes_and_other_objects_are_never_results(bucket, tmp_pat
     assert report.ok and [o.id for o in report.outcomes] == ["m"]
     assert names(bucket) == ["_logs/run-1/frame.log", "_status/latest.txt", "_uploads/batch.zip",
                              "_uploads/x_20260101-000000/a", "notes.txt"]
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["download_state.json", "download_state.json.lock",
-                                                                   "m"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["download_state.sqlite", "m"]
 
 
 def test_corrupted_same_size_download_is_caught_by_the_hash_and_kept(bucket, tmp_path, faults):

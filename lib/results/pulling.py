@@ -109,6 +109,15 @@ def pull(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(folder)
+    try:
+        return _pull(cfg, folder, tracker, confirm, on_log, on_progress, settle, workers, only, now)
+    finally:
+        tracker.close()
+
+
+def _pull(cfg: Config, folder: Path, tracker: Tracker, confirm: Callable[[Plan], bool], on_log: Log,
+          on_progress: ProgressFn, settle: float, workers: int, only: list[str] | None,
+          now: Callable[[], float]) -> Report:
     report = Report(str(folder.resolve()), cfg.bucket_name)
     report.recovered = tracker.recover()
     for set_id in report.recovered:
