@@ -9,9 +9,8 @@ import subprocess
 import sys
 import threading
 
-import pytest
-
 import psutil
+import pytest
 
 from lib import downloads
 from lib.downloads import LEGACY_STATE_FILE, STATE_FILE, Tracker
