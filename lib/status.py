@@ -49,7 +49,7 @@ def vm_rows(cfg: Config, vms: list[dict[str, Any]], *, now: float | None = None)
     return rows
 
 
-def bucket_info(cfg: Config) -> dict[str, Any]:
+def bucket_info(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
     """Result sets waiting in the bucket, counted as `bin/pull --list` counts them (results.classify), with sizes
     and storage USD/month; objects under `_`-prefixed folders are not results but are stored (and billed) too."""
     from lib import results
@@ -57,8 +57,12 @@ def bucket_info(cfg: Config) -> dict[str, Any]:
     blobs = storage.list_blobs(cfg)
     total = sum(int(b.size or 0) for b in blobs)
     listing = results.classify([results.Obj.from_blob(b) for b in blobs])
-    sets = [{"name": s.id, "kind": s.kind, "objects": len(s.objects), "bytes": s.size,
-             **({"problem": s.problem} if s.problem else {})} for s in listing.sets]
+    now = time.time() if now is None else now
+    sets = []
+    for s in listing.sets:
+        state, why = results.decide(s, None, now)  # pending | deferred (uploading) | refused | incomplete
+        sets.append({"name": s.id, "kind": s.kind, "objects": len(s.objects), "bytes": s.size,
+                     "state": "pending" if state == "todo" else state, **({"why": why} if why else {})})
     return {"bucket": cfg.bucket_name, "result_sets": sets, "other_objects": len(listing.other),
             "total_bytes": total, "usd_per_month": round(pricing.storage_monthly(cfg, total), 4)}
 
@@ -153,7 +157,8 @@ def format_status(info: dict[str, Any]) -> list[str]:
         lines.append(f"bucket gs://{b['bucket']}: {len(b['result_sets'])} pending result set(s), "
                      f"{b['total_bytes'] / 1e6:.1f} MB, {b['usd_per_month']:.4f} USD/month")
         for s in b["result_sets"]:
-            lines.append(f"  {s['name']}  {s['objects']} object(s)  {s['bytes'] / 1e6:.1f} MB")
+            flag = {"incomplete": "  INCOMPLETE push, kept in GCS", "refused": "  REFUSED by pull"}.get(s.get("state"), "")
+            lines.append(f"  {s['name']}  {s['objects']} object(s)  {s['bytes'] / 1e6:.1f} MB{flag}")
     u = info.get("usage")
     if u:
         lines.append(f"usage, last {u['days']} days (Monitoring uptime x price table): {u['total_usd']:.2f} USD")

@@ -11,7 +11,7 @@ from typing import Any
 from lib import manifest, retry, safepaths, storage
 from lib.config import Config
 from lib.downloads import Tracker
-from lib.results.listing import Listing, Obj, ResultSet, list_sets
+from lib.results.listing import PUSH_MARKER, Listing, Obj, ResultSet, list_sets
 
 
 @dataclass
@@ -54,7 +54,11 @@ def _verify_one(cfg: Config | None, root: Path, set_id: str, s: ResultSet | None
     except manifest.ManifestError as exc:
         return Verified(set_id, "manifest", [str(exc)])
     if m is not None:
-        return Verified(set_id, "manifest", [str(d) for d in manifest.compare(root, manifest.expected(m))])
+        expected = manifest.expected(m)
+        listed = {e.path for e in expected}  # + files the pull recorded beyond it (new versions of a file)
+        expected += [manifest.Expected(p, size, crc) for p, (size, crc) in (entry.get("files") or {}).items()
+                     if p not in listed and p != PUSH_MARKER]
+        return Verified(set_id, "manifest", [str(d) for d in manifest.compare(root, expected)])
     if entry.get("files"):
         expected = [manifest.Expected(p, size, crc) for p, (size, crc) in entry["files"].items()]
         return Verified(set_id, "recorded", [str(d) for d in manifest.compare(root, expected, ignore=())])
