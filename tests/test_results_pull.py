@@ -350,16 +350,13 @@ def test_zip_replaced_while_downloading_is_deferred_and_nothing_placed(bucket, t
 
 def test_a_sealed_tree_is_pulled_without_waiting_to_settle(tmp_path):
     """push.sh uploads MANIFEST.json last; a tree whose manifest is its newest object is complete."""
-    from lib.downloads import Tracker
-
     def tree(seal_at: float) -> results.ResultSet:
         objs = [results.Obj(f"{TREE}/a.out", 1, 1, updated=100.0), results.Obj(f"{TREE}/b.out", 1, 2, updated=101.0),
                 results.Obj(f"{TREE}/MANIFEST.json", 1, 3, updated=seal_at)]
         return results.ResultSet(TREE, "tree", objs)
 
-    tracker = Tracker(tmp_path)
-    sealed = results.make_plan(results.Listing(sets=[tree(102.0)]), tracker, settle=120, now=103.0)
+    sealed = results.make_plan(results.Listing(sets=[tree(102.0)]), {}, settle=120, now=103.0)
     assert [s.id for s in sealed.todo] == [TREE]
     # an object newer than the manifest: something was written after the seal, so wait for the settle time
-    unsealed = results.make_plan(results.Listing(sets=[tree(100.5)]), tracker, settle=120, now=103.0)
+    unsealed = results.make_plan(results.Listing(sets=[tree(100.5)]), {}, settle=120, now=103.0)
     assert [s.id for s, _ in unsealed.deferred] == [TREE]

@@ -251,7 +251,7 @@ def make_plan(listing: Listing, entries: dict[str, dict[str, Any]] | None = None
               now: float | None = None, honour_backoff: bool = False) -> Plan:
     """Split the listing into sets to pull, still uploading (deferred), refused, incomplete, and waiting."""
     now = time.time() if now is None else now
-    entries = entries if isinstance(entries, dict) else {}
+    entries = entries or {}
     plan = Plan(listing, [], [], [], [], [])
     for s in listing.sets:
         state, why = decide(s, entries.get(s.id), now, settle=settle, honour_backoff=honour_backoff)

@@ -25,7 +25,6 @@ from lib.results.oneset import Outcome, pull_set
 from lib.results.transfers import SET_WORKERS, WORKERS, ProgressFn, Transfers
 
 WATCH_BACKOFF_MAX_S = 600.0  # watch mode: failed polls back off (doubling) up to this
-DEFAULT_MAX_UNZIPPED = 100 << 30
 
 
 def _noprogress(_: str, __: int, ___: int) -> None:
@@ -158,7 +157,7 @@ def _pull(cfg: Config, folder: Path, tracker: Tracker, confirm: Callable[[Plan],
         on_log(f"removed {report.placeholders_removed} empty folder placeholder object(s)")
     if not plan.todo:
         return report
-    max_bytes = int(getattr(cfg, "max_unzipped_gb", DEFAULT_MAX_UNZIPPED / (1 << 30)) * (1 << 30))
+    max_bytes = int(cfg.max_unzipped_gb * (1 << 30))
     with Transfers(cfg, workers) as transfers:
         def one(s: ResultSet) -> Outcome:
             return pull_set(cfg, folder, s, tracker, transfers, on_log, on_progress, max_bytes, now)

@@ -15,11 +15,14 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from lib import results, storage
 from lib.downloads import Tracker
 from tests.test_results_support import make_zip
 
 TOTAL = int(os.environ.get("BENCH_SCALE_SETS", "10000"))
+pytestmark = pytest.mark.timeout(7200)  # a benchmark, not a test: it may take several minutes
 
 
 def _upload(cfg, first: int, count: int) -> None:
