@@ -22,7 +22,7 @@ RUN ?=
 
 .PHONY: help venv lock lint test demo localcloud-up localcloud-down localcloud-status \
 	build run run-staged stage pull watch verify status setup cleanup sweep log monitor \
-	extend abort emergency stop-vm bench-pull bench report-shot
+	extend abort emergency stop-vm bench-pull bench-pull-scale bench report-shot
 
 help:  ## list the jobs
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 20
@@ -94,4 +94,8 @@ report-shot: venv  ## rebuild the newest run's report in DIR, check it in headle
 
 bench-pull: venv  ## benchmark bin/pull against gcloud storage rsync (not part of make test)
 	$(PYTHON) -m pytest -q -s tests/bench/bench_pull.py
+
+bench-pull-scale: venv  ## benchmark: pull's time per result set at 1,000 and at 10,000 sets (not part of make test)
+	$(PYTHON) -m pytest -q -s tests/bench/bench_pull_scale.py
+
 bench: bench-pull

@@ -105,6 +105,7 @@ class Config:
     upload_timeout_min: int = _opt(None, 30, "minutes allowed for the last upload")
     sweep_grace_min: int = _opt(None, 15, "minutes past a VM's expected end before the sweeper deletes it")
     results_dir: str = _opt(None, "results")
+    max_unzipped_gb: float = _opt(None, 100.0, "largest total a result zip may inflate to (GB); larger is refused")
     state_dir: str = _opt(None, "", "session state and the local cloud; defaults to the platform's user state folder")
     price_table: str = _opt(None, "", "a TOML file overriding lib/prices.toml")
     compute_endpoint: str = _opt(_ENDPOINT, "", "override of https://compute.googleapis.com")
@@ -218,7 +219,7 @@ def _coerce(cls: type[Config], name: str, value: Any, source: str) -> Any:
             number = None
         if number is None or number < 0 or (kind is int and isinstance(value, float)):
             raise ConfigError(f"{where}: expected a non-negative {'whole number' if kind is int else 'number'}")
-        if name == "time_scale" and number <= 0:
+        if name in ("time_scale", "max_unzipped_gb") and number <= 0:
             raise ConfigError(f"{where}: expected a number above 0")
         return number
     if not isinstance(value, str):

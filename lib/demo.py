@@ -23,12 +23,15 @@ def demo(state_dir: Path, results_dir: Path, batch: Path | str = paths.REPO / "b
     import psutil
 
     from lib import results
-    from lib.localcloud import control
+    from lib.localcloud import LocalCloudError, control
     from lib.runstaged import run_staged
 
     t0 = time.time()
     state_dir, results_dir = Path(state_dir).resolve(), Path(results_dir).resolve()
-    control.up(state_dir, on_log=on_log)
+    try:
+        control.up(state_dir, on_log=on_log)
+    except LocalCloudError as exc:
+        raise OpsError(str(exc)) from None
     try:
         cfg = clients.resolve(Config.load({"backend": "local", "state_dir": str(state_dir)}, env={}, path=""))
         out = run_staged(cfg, batch, wait=True, results_dir=results_dir, on_log=on_log, tail=tail).to_json()

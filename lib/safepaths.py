@@ -26,7 +26,8 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 MAX_SEGMENT = 255
 
 # Names ops-hpc itself keeps in the results folder; no set may land on them.
-RESERVED_TOP = {"download_state.json", "download_state.json.lock", ".ops-hpc-partial"}
+RESERVED_TOP = {"download_state.json", "download_state.json.lock", "download_state.json.migrated",
+                "download_state.sqlite", "download_state.sqlite-wal", "download_state.sqlite-shm", ".ops-hpc-partial"}
 
 
 class UnsafeName(OpsError):

@@ -49,20 +49,21 @@ def vm_rows(cfg: Config, vms: list[dict[str, Any]], *, now: float | None = None)
     return rows
 
 
-def bucket_info(cfg: Config) -> dict[str, Any]:
-    """Pending result sets (top-level prefixes and zips not starting with '_'), their sizes, storage USD/month."""
-    sets: dict[str, dict[str, Any]] = {}
-    total = 0
-    for blob in storage.list_blobs(cfg):
-        size = int(blob.size or 0)
-        total += size
-        top = blob.name.split("/", 1)[0]
-        if top.startswith("_"):
-            continue
-        entry = sets.setdefault(top, {"name": top, "objects": 0, "bytes": 0})
-        entry["objects"] += 1
-        entry["bytes"] += size
-    return {"bucket": cfg.bucket_name, "result_sets": sorted(sets.values(), key=lambda s: s["name"]),
+def bucket_info(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
+    """Result sets waiting in the bucket, counted as `bin/pull --list` counts them (results.classify), with sizes
+    and storage USD/month; objects under `_`-prefixed folders are not results but are stored (and billed) too."""
+    from lib import results
+
+    blobs = storage.list_blobs(cfg)
+    total = sum(int(b.size or 0) for b in blobs)
+    listing = results.classify([results.Obj.from_blob(b) for b in blobs])
+    now = time.time() if now is None else now
+    sets = []
+    for s in listing.sets:
+        state, why = results.decide(s, None, now)  # pending | deferred (uploading) | refused | incomplete
+        sets.append({"name": s.id, "kind": s.kind, "objects": len(s.objects), "bytes": s.size,
+                     "state": "pending" if state == "todo" else state, **({"why": why} if why else {})})
+    return {"bucket": cfg.bucket_name, "result_sets": sets, "other_objects": len(listing.other),
             "total_bytes": total, "usd_per_month": round(pricing.storage_monthly(cfg, total), 4)}
 
 
@@ -156,7 +157,8 @@ def format_status(info: dict[str, Any]) -> list[str]:
         lines.append(f"bucket gs://{b['bucket']}: {len(b['result_sets'])} pending result set(s), "
                      f"{b['total_bytes'] / 1e6:.1f} MB, {b['usd_per_month']:.4f} USD/month")
         for s in b["result_sets"]:
-            lines.append(f"  {s['name']}  {s['objects']} object(s)  {s['bytes'] / 1e6:.1f} MB")
+            flag = {"incomplete": "  INCOMPLETE push, kept in GCS", "refused": "  REFUSED by pull"}.get(s.get("state"), "")
+            lines.append(f"  {s['name']}  {s['objects']} object(s)  {s['bytes'] / 1e6:.1f} MB{flag}")
     u = info.get("usage")
     if u:
         lines.append(f"usage, last {u['days']} days (Monitoring uptime x price table): {u['total_usd']:.2f} USD")

@@ -38,10 +38,15 @@ def test_vm_push_writes_a_timestamped_tree_that_bin_pull_collects(localcloud, tm
         prefix = pushed[0]["prefix"]
         assert re.fullmatch(r"TTFlat_\d{8}-\d{6}/", prefix)
         names = sorted(b.name for b in storage.list_blobs(cfg))
-        assert names == [f"{prefix}MANIFEST.json", f"{prefix}log file.txt", f"{prefix}out/disp.out"]  # not Wall
+        assert names == [f"{prefix}.ops-hpc-push.json", f"{prefix}MANIFEST.json", f"{prefix}log file.txt",
+                         f"{prefix}out/disp.out"]  # not Wall
         assert storage.get_blob(cfg, f"{prefix}out/disp.out").size == 1000
+        started = storage.get_blob(cfg, f"{prefix}.ops-hpc-push.json")  # the start marker, uploaded first
+        assert started.generation < min(storage.get_blob(cfg, n).generation for n in names[1:])
+        assert json.loads(storage.download_bytes(cfg, started.name))["files"] == 2
         seal = json.loads(storage.download_bytes(cfg, f"{prefix}MANIFEST.json"))  # what arrived, written last
-        assert [(f["path"], f["size"]) for f in seal["files"]] == [("log file.txt", 5), ("out/disp.out", 1000)]
+        assert [(f["path"], f["size"]) for f in seal["files"] if f["path"] != ".ops-hpc-push.json"] == [
+            ("log file.txt", 5), ("out/disp.out", 1000)]
 
         # No --settle 0: the seal says the tree is complete, so pull need not wait for it to settle.
         pulled = run_bin("pull", "--yes", "--dir", str(tmp_path / "results"),
@@ -51,6 +56,7 @@ def test_vm_push_writes_a_timestamped_tree_that_bin_pull_collects(localcloud, tm
         local = tmp_path / "results" / prefix.rstrip("/")
         assert (local / "out" / "disp.out").read_text() == "x" * 1000
         assert (local / "log file.txt").read_text() == "done\n"
+        assert not (local / ".ops-hpc-push.json").exists()  # the marker is deleted with the set, not pulled
         assert storage.list_blobs(cfg) == []  # collected and cleaned
     finally:
         compute.delete_vm(cfg, name, on_log=quiet)
@@ -67,8 +73,9 @@ def test_push_with_gcloud_storage_rsync(localcloud, tmp_path):
         pushed = push.push(cfg, name, on_log=quiet, method="gcloud", when="20260406-153012")
         assert {p["prefix"] for p in pushed} == {"TTFlat_20260406-153012/", "Wall_20260406-153012/"}
         assert sorted(b.name for b in storage.list_blobs(cfg)) == [
-            "TTFlat_20260406-153012/MANIFEST.json", "TTFlat_20260406-153012/log file.txt",
-            "TTFlat_20260406-153012/out/disp.out", "Wall_20260406-153012/MANIFEST.json",
+            "TTFlat_20260406-153012/.ops-hpc-push.json", "TTFlat_20260406-153012/MANIFEST.json",
+            "TTFlat_20260406-153012/log file.txt", "TTFlat_20260406-153012/out/disp.out",
+            "Wall_20260406-153012/.ops-hpc-push.json", "Wall_20260406-153012/MANIFEST.json",
             "Wall_20260406-153012/wall.out"]
     finally:
         compute.delete_vm(cfg, name, on_log=quiet)
@@ -107,7 +114,8 @@ def test_push_reports_a_missing_folder_and_still_pushes_the_rest(localcloud, tmp
         _seed(cfg, name)
         with pytest.raises(OpsError, match="Nope \\(missing\\)"):
             push.push(cfg, name, ["Wall", "Nope"], on_log=quiet, method="curl")
-        assert [b.name.split("/")[1] for b in storage.list_blobs(cfg)] == ["MANIFEST.json", "wall.out"]
+        assert [b.name.split("/")[1] for b in storage.list_blobs(cfg)] == [".ops-hpc-push.json", "MANIFEST.json",
+                                                                           "wall.out"]
         with pytest.raises(OpsError, match="folder"):
             push.push(cfg, name, ["../etc"], on_log=quiet)
     finally:

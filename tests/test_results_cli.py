@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from lib.downloads import STATE_FILE, Tracker
+from lib.downloads import Tracker
 from tests.helpers import REPO, run_bin
 from tests.test_results_support import (
     assert_same_files,
@@ -219,4 +219,4 @@ def test_two_concurrent_pulls_on_one_folder_never_download_a_set_twice(localclou
     for set_id, files in sets.items():
         assert_same_files(folder / set_id, files)
     assert names(bucket) == []
-    assert {v["status"] for v in json.loads((folder / STATE_FILE).read_text())["sets"].values()} == {"cleaned"}
+    assert {v["status"] for v in Tracker(folder).sets().values()} == {"cleaned"}

@@ -71,8 +71,7 @@ def test_underscore_prefixes_and_other_objects_are_never_results(bucket, tmp_pat
     assert report.ok and [o.id for o in report.outcomes] == ["m"]
     assert names(bucket) == ["_logs/run-1/frame.log", "_status/latest.txt", "_uploads/batch.zip",
                              "_uploads/x_20260101-000000/a", "notes.txt"]
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["download_state.json", "download_state.json.lock",
-                                                                   "m"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["download_state.sqlite", "m"]
 
 
 def test_corrupted_same_size_download_is_caught_by_the_hash_and_kept(bucket, tmp_path, faults):
@@ -120,8 +119,8 @@ def test_injected_503_and_reset_during_download_are_recovered(bucket, tmp_path, 
 
 
 def test_sliced_download_of_a_large_object(bucket, tmp_path, monkeypatch, faults):
-    monkeypatch.setattr(results, "LARGE_OBJECT", 100_000)
-    monkeypatch.setattr(results, "SLICE", 30_000)
+    monkeypatch.setattr(results.transfers, "LARGE_OBJECT", 100_000)
+    monkeypatch.setattr(results.transfers, "SLICE", 30_000)
     import os
 
     big = os.urandom(250_001)
@@ -319,7 +318,7 @@ def test_watch_survives_a_failing_poll(bucket, tmp_path, monkeypatch):
             raise OpsError("network down")
         return real(cfg)
 
-    monkeypatch.setattr(results, "list_sets", flaky)
+    monkeypatch.setattr(results.listing, "list_sets", flaky)
     put(bucket, "x.zip", make_zip({"a": b"1"}))
     logs = []
     reports = results.watch(bucket, tmp_path / "r", interval=1, sleep=lambda s: None, max_polls=2, settle=0,
@@ -351,16 +350,13 @@ def test_zip_replaced_while_downloading_is_deferred_and_nothing_placed(bucket, t
 
 def test_a_sealed_tree_is_pulled_without_waiting_to_settle(tmp_path):
     """push.sh uploads MANIFEST.json last; a tree whose manifest is its newest object is complete."""
-    from lib.downloads import Tracker
-
     def tree(seal_at: float) -> results.ResultSet:
         objs = [results.Obj(f"{TREE}/a.out", 1, 1, updated=100.0), results.Obj(f"{TREE}/b.out", 1, 2, updated=101.0),
                 results.Obj(f"{TREE}/MANIFEST.json", 1, 3, updated=seal_at)]
         return results.ResultSet(TREE, "tree", objs)
 
-    tracker = Tracker(tmp_path)
-    sealed = results.make_plan(results.Listing(sets=[tree(102.0)]), tracker, settle=120, now=103.0)
+    sealed = results.make_plan(results.Listing(sets=[tree(102.0)]), {}, settle=120, now=103.0)
     assert [s.id for s in sealed.todo] == [TREE]
     # an object newer than the manifest: something was written after the seal, so wait for the settle time
-    unsealed = results.make_plan(results.Listing(sets=[tree(100.5)]), tracker, settle=120, now=103.0)
+    unsealed = results.make_plan(results.Listing(sets=[tree(100.5)]), {}, settle=120, now=103.0)
     assert [s.id for s, _ in unsealed.deferred] == [TREE]

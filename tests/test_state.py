@@ -156,11 +156,11 @@ def test_reconcile_resets_interrupted_downloads(vms, tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     owner = {"pid": dead_pid(), "host": socket.gethostname(), "create_time": 1.0, "since": time.time()}
-    jsonfile.write_atomic(results / downloads.STATE_FILE, {"format": 1, "sets": {
+    jsonfile.write_atomic(results / downloads.LEGACY_STATE_FILE, {"format": 1, "sets": {
         "run-a": {"status": "downloading", "owner": owner}, "run-b": {"status": "pending"}}})
     result = reconcile(vms.cfg.replace(results_dir=str(results)), on_log=vms.log, on_warn=vms.log)
     assert result["downloads_reset"] == ["run-a"]
-    assert jsonfile.read(results / downloads.STATE_FILE)["sets"]["run-a"]["status"] == "failed"
+    assert downloads.Tracker(results).get("run-a")["status"] == "failed"
     empty = tmp_path / "never-pulled"
     assert reconcile(vms.cfg.replace(results_dir=str(empty)), on_log=vms.log, on_warn=vms.log)["downloads_reset"] == []
     assert not empty.exists()  # reconcile creates nothing where no pull ever ran

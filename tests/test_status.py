@@ -19,7 +19,7 @@ def vms(localcloud, tmp_path):
 def test_status_shows_image_vm_bucket_and_usage(vms, bucket):
     cfg = vms.cfg.replace(bucket=bucket.bucket_name)
     ensure_opensees_image(cfg)
-    storage.upload_bytes(cfg, "run-a/model1/out.txt", b"x" * 1000)
+    storage.upload_bytes(cfg, "run-a/model1.zip", b"x" * 1000)
     storage.upload_bytes(cfg, "run-b.zip", b"y" * 500)
     storage.upload_bytes(cfg, "_staging/batch.json", b"{}")
     name = vms.create(kind="analysis", job_timeouts_min=[60])
@@ -33,7 +33,7 @@ def test_status_shows_image_vm_bucket_and_usage(vms, bucket):
     assert 7200 - 60 < row["left_max_run_s"] <= 7200                       # rounded up to 2 h
     assert row["cost_so_far_usd"] == pytest.approx(0.067 * row["uptime_s"] / 3600, abs=0.01)
     sets = {s["name"]: s for s in info["bucket"]["result_sets"]}
-    assert set(sets) == {"run-a", "run-b.zip"} and sets["run-a"]["bytes"] == 1000
+    assert set(sets) == {"run-a/model1", "run-b"} and sets["run-a/model1"]["bytes"] == 1000  # as pull --list counts them
     assert info["bucket"]["usd_per_month"] == pytest.approx(pricing.storage_monthly(cfg, 1502), abs=1e-4)
     used = {u["name"]: u for u in info["usage"]["vms"]}
     assert used[name]["machine_type"] == "e2-standard-2" and used[name]["seconds"] >= 1

@@ -9,8 +9,10 @@
 # FOLDERs are names under --root (default /tmp/ops-hpc-analysis); none = every folder there. The bucket
 # defaults to the instance attribute ops-hpc-bucket. Uploads go over the VM's internal network:
 # `gcloud storage rsync` when gcloud is installed (--with auto), else curl through lib.sh with each
-# object's CRC32C checked against the file. A MANIFEST.json listing what arrived (ops_gcs_seal) is
-# uploaded last, which tells bin/pull the tree is complete. Prints one machine-readable line per folder:
+# object's CRC32C checked against the file. A start marker, PREFIX/.ops-hpc-push.json (what is about to
+# be pushed: files, bytes, host, time), is uploaded before any file, and a MANIFEST.json listing what
+# arrived (ops_gcs_seal) last: a tree with the marker and no seal is a push that never finished, which
+# bin/pull reports as incomplete and never deletes. Prints one machine-readable line per folder:
 #   PUSHED folder=F prefix=F_STAMP/ files=N bytes=M      or      FAILED folder=F reason=...
 # Exit status: 0 all pushed, 1 something failed (the rest is still pushed), 2 bad arguments.
 set -uo pipefail
@@ -68,6 +70,18 @@ push_curl() {
   return $failed
 }
 
+push_marker() {
+  # push_marker PREFIX FOLDER FILES BYTES : upload PREFIX/.ops-hpc-push.json, before any file of the tree.
+  local tmp rc
+  tmp=$(mktemp)
+  printf '{"format": 1, "kind": "push-started", "folder": "%s", "files": %s, "bytes": %s, "started": "%s", "host": "%s"}\n' \
+    "$2" "$3" "$4" "$(ops_now)" "$(hostname)" > "$tmp"
+  ops_gcs_upload "$tmp" "$1/.ops-hpc-push.json" application/json > /dev/null
+  rc=$?
+  rm -f "$tmp"
+  return $rc
+}
+
 status=0
 for folder in "${FOLDERS[@]}"; do
   if [[ ! "$folder" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]]; then
@@ -79,6 +93,9 @@ for folder in "${FOLDERS[@]}"; do
   bytes=$(find "$dir" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
   if [ "$files" -eq 0 ]; then echo "EMPTY folder=$folder"; continue; fi
   prefix="${folder}_${STAMP}"
+  if ! push_marker "$prefix" "$folder" "$files" "$bytes"; then
+    echo "FAILED folder=$folder reason=marker-upload"; status=1; continue  # nothing uploaded, nothing lost
+  fi
   ops_log "pushing $dir -> gs://$BUCKET/$prefix/ ($files files, $bytes bytes, with $WITH)"
   if [ "$WITH" = gcloud ]; then
     gcloud storage rsync --recursive --no-user-output-enabled "$dir" "gs://$BUCKET/$prefix"
