@@ -15,21 +15,27 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lib import clients, retry
 from lib.config import Config
 from lib.errors import OpsError, Refused, UsageError
-from lib.log import Log
+from lib.log import Log, quiet
+from lib.state import SessionState
 
 LABEL_KEY = "ops-hpc"
 LABEL_RUN = "ops-hpc-run"
 LABEL_KIND = "ops-hpc-kind"
 LABEL_END = "ops-hpc-end"
+LABEL_HOST = "ops-hpc-host"
+LABEL_LAUNCHED = "ops-hpc-launched"
+LABEL_REPORTS = "ops-hpc-reports"
 KINDS = ("analysis", "build")
 BUILD_MAX_RUN_S = 2 * 3600
 MAX_RUN_LIMIT_S = 120 * 86400  # GCE's upper bound for maxRunDuration
@@ -68,6 +74,11 @@ def expected_seconds(job_timeouts_min: Sequence[int], upload_timeout_min: int, *
 def label_value(text: str) -> str:
     """A GCE label value: lowercase letters, digits, '-' and '_', at most 63 characters."""
     return re.sub(r"[^a-z0-9_-]", "-", str(text).lower())[:63]
+
+
+def this_host() -> str:
+    """This PC's name as a label value (label ops-hpc-host): who launched a VM, for the safety nets."""
+    return label_value(socket.gethostname()) or "unknown"
 
 
 # ----------------------------------------------------------------------------- planning
@@ -112,6 +123,10 @@ class VmSpec:
         }
 
 
+class ImageNotFound(OpsError):
+    """No such image or image family (yet)."""
+
+
 def _iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -153,7 +168,7 @@ def resolve_image(cfg: Config, kind: str = "analysis", image: str | None = None)
             raise
     what = f"image family {family!r}" if family else f"image {name!r}"
     hint = "build it with `make build`" if family == cfg.image_family and kind == "analysis" else "check the name"
-    raise OpsError(f"{what} not found in project {project}: {hint} (nothing was created)")
+    raise ImageNotFound(f"{what} not found in project {project}: {hint} (nothing was created)")
 
 
 def _machine_type(cfg: Config, machine_type: str) -> Any:
@@ -198,9 +213,14 @@ def plan_vm(
     metadata: Mapping[str, str] | None = None,
     spot: bool | None = None,
     machine_type: str | None = None,
+    reports_status: bool = False,
     now: float | None = None,
 ) -> VmSpec:
-    """Decide and validate a VM (machine type, image, CPU quota) without creating anything."""
+    """Decide and validate a VM (machine type, image, CPU quota) without creating anything.
+
+    reports_status: the VM publishes `_status/RUN/VM.txt` once up (run-staged's startup script); if it never
+    does and no live process guards it, status and the sweeper delete it (lib/reconcile.py).
+    """
     cfg = clients.resolve(cfg)
     if kind not in KINDS:
         raise UsageError(f"unknown VM kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -226,7 +246,10 @@ def plan_vm(
     meta = dict(metadata or {})
     if startup_script is not None:
         meta["startup-script"] = startup_script
-    labels = {LABEL_KEY: "true", LABEL_RUN: label_value(run_id), LABEL_KIND: kind, LABEL_END: str(expected_end)}
+    labels = {LABEL_KEY: "true", LABEL_RUN: label_value(run_id), LABEL_KIND: kind, LABEL_END: str(expected_end),
+              LABEL_HOST: this_host(), LABEL_LAUNCHED: str(int(now))}
+    if reports_status:
+        labels[LABEL_REPORTS] = "status"
     disk = max(int(cfg.disk_size_gb), int(img.disk_size_gb or 0))
     return VmSpec(
         name=name, kind=kind, run_id=run_id, project=cfg.project, zone=cfg.zone, machine_type=machine_type,
@@ -288,131 +311,219 @@ def _epoch(stamp: str) -> float | None:
         return None
 
 
-def to_dict(inst: Any) -> dict[str, Any]:
-    """A compute_v1.Instance as the plain dict the rest of ops-hpc uses."""
-    labels = dict(inst.labels)
-    sched = inst.scheduling
-    max_run = int(sched.max_run_duration.seconds) if sched.max_run_duration and sched.max_run_duration.seconds else None
-    end = labels.get(LABEL_END, "")
-    last_start = _epoch(inst.last_start_timestamp)
-    termination = _epoch(getattr(sched, "termination_time", "") or "")
-    if termination is None and max_run and last_start:
-        termination = last_start + max_run
-    return {
-        "name": inst.name,
-        "id": str(inst.id),
-        "status": inst.status,
-        "zone": inst.zone.rsplit("/", 1)[-1],
-        "machine_type": inst.machine_type.rsplit("/", 1)[-1],
-        "labels": labels,
-        "ours": labels.get(LABEL_KEY) == "true",
-        "run_id": labels.get(LABEL_RUN, ""),
-        "kind": labels.get(LABEL_KIND, ""),
-        "expected_end": int(end) if end.isdigit() else None,
-        "spot": sched.provisioning_model == "SPOT" or bool(sched.preemptible),
-        "created": inst.creation_timestamp,
-        "created_epoch": _epoch(inst.creation_timestamp),
-        "last_start_epoch": last_start,
-        "max_run_s": max_run,
-        "max_run_end": termination,
-        "termination_action": sched.instance_termination_action or "",
-        "self_link": inst.self_link,
-    }
+@dataclass(frozen=True)
+class Vm:
+    """A VM as the rest of ops-hpc sees it: typed, so a misspelt field is an error, not a silent None."""
+
+    name: str
+    status: str
+    zone: str
+    machine_type: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ours: bool = False
+    run_id: str = ""
+    kind: str = ""
+    expected_end: int | None = None
+    spot: bool = False
+    created_epoch: float | None = None
+    max_run_s: int | None = None
+    max_run_end: float | None = None
+    id: str = ""
+    created: str = ""
+    last_start_epoch: float | None = None
+    termination_action: str = ""
+    self_link: str = ""
+    owner_host: str = ""  # label ops-hpc-host: the PC that launched it
+    launched: int | None = None  # label ops-hpc-launched: when the insert was sent (epoch s)
+    reports_status: bool = False  # label ops-hpc-reports=status: it publishes _status/RUN/VM.txt once up
+
+    @classmethod
+    def from_instance(cls, inst: Any) -> Vm:
+        """A compute_v1.Instance as a Vm."""
+        labels = dict(inst.labels)
+        sched = inst.scheduling
+        max_run = (int(sched.max_run_duration.seconds)
+                   if sched.max_run_duration and sched.max_run_duration.seconds else None)
+        end = labels.get(LABEL_END, "")
+        launched = labels.get(LABEL_LAUNCHED, "")
+        last_start = _epoch(inst.last_start_timestamp)
+        termination = _epoch(getattr(sched, "termination_time", "") or "")
+        if termination is None and max_run and last_start:
+            termination = last_start + max_run
+        return cls(
+            name=inst.name, id=str(inst.id), status=inst.status, zone=inst.zone.rsplit("/", 1)[-1],
+            machine_type=inst.machine_type.rsplit("/", 1)[-1], labels=labels, ours=labels.get(LABEL_KEY) == "true",
+            run_id=labels.get(LABEL_RUN, ""), kind=labels.get(LABEL_KIND, ""),
+            expected_end=int(end) if end.isdigit() else None,
+            spot=sched.provisioning_model == "SPOT" or bool(sched.preemptible),
+            created=inst.creation_timestamp, created_epoch=_epoch(inst.creation_timestamp),
+            last_start_epoch=last_start, max_run_s=max_run, max_run_end=termination,
+            termination_action=sched.instance_termination_action or "", self_link=inst.self_link,
+            owner_host=labels.get(LABEL_HOST, ""), launched=int(launched) if launched.isdigit() else None,
+            reports_status=labels.get(LABEL_REPORTS) == "status",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """For JSON output (--json)."""
+        data = asdict(self)
+        data["labels"] = dict(self.labels)
+        return data
+
+
+class OperationFailed(OpsError):
+    """Google answered: the operation ended in an error (so it will not complete later)."""
 
 
 def wait_operation(op: Any, what: str, *, timeout: float = OP_TIMEOUT_S) -> None:
-    """Wait for a zone or global operation; a failed one becomes a one-line OpsError."""
-    from google.api_core import exceptions as gexc
+    """Wait for a zone or global operation; a failed one becomes a one-line OperationFailed."""
+    from google.api_core import exceptions as gexc  # heavy: imported at first use, keeps --help fast
 
     try:
         op.result(timeout=timeout)
     except gexc.GoogleAPICallError as exc:
-        raise OpsError(f"{what} failed: {getattr(exc, 'message', exc)}") from None
+        raise OperationFailed(f"{what} failed: {getattr(exc, 'message', exc)}") from None
     if getattr(op, "error_code", None):
-        raise OpsError(f"{what} failed: {op.error_message or op.error_code}")
+        raise OperationFailed(f"{what} failed: {op.error_message or op.error_code}")
 
 
-def get_vm(cfg: Config, name: str) -> dict[str, Any] | None:
-    """The VM as a dict, or None if it does not exist."""
+def get_vm(cfg: Config, name: str) -> Vm | None:
+    """The VM, or None if it does not exist."""
     cfg = clients.resolve(cfg)
     try:
-        return to_dict(retry.google(clients.instances(cfg).get, project=cfg.project, zone=cfg.zone, instance=name))
+        return Vm.from_instance(retry.google(clients.instances(cfg).get, project=cfg.project, zone=cfg.zone, instance=name))
     except Exception as exc:
         if _not_found(exc):
             return None
         raise
 
 
-def list_vms(cfg: Config, *, ours_only: bool = True) -> list[dict[str, Any]]:
+def list_vms(cfg: Config, *, ours_only: bool = True) -> list[Vm]:
     """VMs of the configured zone; only ops-hpc's unless ours_only=False (filtered here: no server filter dialect)."""
     cfg = clients.resolve(cfg)
 
     def fetch() -> list[Any]:
         return list(clients.instances(cfg).list(project=cfg.project, zone=cfg.zone, retry=None))
 
-    vms = [to_dict(i) for i in retry.call(fetch)]
-    return [v for v in vms if v["ours"]] if ours_only else vms
+    vms = [Vm.from_instance(i) for i in retry.call(fetch)]
+    return [v for v in vms if v.ours] if ours_only else vms
 
 
-def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = print, state: Any = None) -> dict[str, Any]:
-    """Create the VM (registered in session state first, so a crash mid-create is recoverable); returns get_vm()."""
-    from lib.state import SessionState
+# Inserts sent by this process and not yet answered, by VM name: a VMGuard that fires meanwhile (Ctrl+C during
+# the insert) re-sends the same request (same requestId: Google answers with the first one's operation, or
+# creates the VM if the first never arrived), waits for it and deletes what it created.
+_IN_FLIGHT: dict[str, tuple[Config, Any]] = {}
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+def insert_in_flight(name: str) -> bool:
+    with _IN_FLIGHT_LOCK:
+        return name in _IN_FLIGHT
+
+
+def _landed(name: str) -> None:
+    with _IN_FLIGHT_LOCK:
+        _IN_FLIGHT.pop(name, None)
+
+
+def settle_insert(name: str, *, timeout: float = OP_TIMEOUT_S, on_log: Log = quiet) -> bool:
+    """If this process has an insert of `name` in flight, wait for its operation; True if there was one."""
+    with _IN_FLIGHT_LOCK:
+        pending = _IN_FLIGHT.get(name)
+    if pending is None:
+        return False
+    cfg, request = pending
+    on_log(f"waiting for the creation of VM {name} in flight (request {request.request_id}) to finish")
+    try:
+        op = retry.google(clients.instances(cfg).insert, request=request)
+        wait_operation(op, f"creating VM {name}", timeout=timeout)
+    except Exception as exc:  # it failed or timed out: the caller's get/delete decides what is left
+        on_log(f"the creation of VM {name} in flight ended: {exc}")
+    finally:
+        _landed(name)
+    return True
+
+
+def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = quiet, state: SessionState | None = None) -> Vm:
+    """Create the VM; returns get_vm().
+
+    Session state records the VM and the insert's requestId BEFORE the insert is sent, so a process killed
+    mid-insert leaves an entry that reconcile keeps until the insert can no longer land.
+    """
+    from google.api_core import exceptions as gexc  # heavy: imported at first use, keeps --help fast
+    from google.cloud import compute_v1 as c
 
     cfg = clients.resolve(cfg)
     state = state or SessionState(cfg)
-    state.register_vm(spec.name, run_id=spec.run_id, kind=spec.kind, zone=spec.zone, expected_end=spec.expected_end,
-                      max_run_end=spec.max_run_end, phase="creating", machine_type=spec.machine_type, spot=spec.spot)
     request_id = str(uuid.uuid4())  # chosen once: every retry of this insert is the same request
+    state.register_vm(spec.name, run_id=spec.run_id, kind=spec.kind, zone=spec.zone, expected_end=spec.expected_end,
+                      max_run_end=spec.max_run_end, phase="creating", machine_type=spec.machine_type, spot=spec.spot,
+                      request_id=request_id)
     on_log(f"creating {spec.kind} VM {spec.name} ({spec.machine_type}, {'spot' if spec.spot else 'on-demand'}, "
            f"image {spec.image_name}, deleted by Google after {spec.max_run_s // 3600} h at the latest)")
+    request = c.InsertInstanceRequest(project=spec.project, zone=spec.zone, request_id=request_id,
+                                      instance_resource=instance_resource(spec))
+    with _IN_FLIGHT_LOCK:
+        _IN_FLIGHT[spec.name] = (cfg, request)
+    # Ctrl+C or a kill arriving now leaves the record in _IN_FLIGHT on purpose: the guard settles it.
     try:
-        from google.cloud import compute_v1 as c
-
-        request = c.InsertInstanceRequest(project=spec.project, zone=spec.zone, request_id=request_id,
-                                          instance_resource=instance_resource(spec))
         op = retry.google(clients.instances(cfg).insert, request=request)
         wait_operation(op, f"creating VM {spec.name}")
     except Exception as exc:
-        from google.api_core import exceptions as gexc
-
-        vm = None
-        try:
-            vm = get_vm(cfg, spec.name)
-        except Exception:
-            pass
-        if vm is None:
+        _landed(spec.name)
+        # A definite refusal (4xx) created nothing: forget the entry. Anything else (timeout, 5xx after the
+        # retries) may still land: the entry stays, and reconcile deletes or drops it once that is known.
+        refused = isinstance(exc, (gexc.ClientError, OperationFailed))
+        if refused and _quiet_get(cfg, spec.name) is None:
             state.unregister_vm(spec.name)
         if isinstance(exc, gexc.Conflict):
             raise OpsError(f"a VM named {spec.name} already exists in {spec.zone}: choose another name") from None
         if isinstance(exc, gexc.GoogleAPICallError):
             raise OpsError(f"creating VM {spec.name} failed: {getattr(exc, 'message', exc)}") from None
         raise
+    _landed(spec.name)
     state.register_vm(spec.name, run_id=spec.run_id, kind=spec.kind, zone=spec.zone, expected_end=spec.expected_end,
                       max_run_end=spec.max_run_end, phase="running")
-    vm = get_vm(cfg, spec.name) or {"name": spec.name, "status": "UNKNOWN", "zone": spec.zone}
-    on_log(f"VM {spec.name} is {vm['status']}")
+    vm = get_vm(cfg, spec.name) or Vm(name=spec.name, status="UNKNOWN", zone=spec.zone)
+    on_log(f"VM {spec.name} is {vm.status}")
     return vm
 
 
-def _check_ours(vm: dict[str, Any], force: bool, verb: str) -> None:
-    if not vm["ours"] and not force:
-        raise Refused(f"refusing to {verb} VM {vm['name']}: it has no {LABEL_KEY}=true label, so ops-hpc did not "
+def _quiet_get(cfg: Config, name: str) -> Vm | None:
+    try:
+        return get_vm(cfg, name)
+    except Exception:
+        return None
+
+
+def _check_ours(vm: Vm, force: bool, verb: str) -> None:
+    if not vm.ours and not force:
+        raise Refused(f"refusing to {verb} VM {vm.name}: it has no {LABEL_KEY}=true label, so ops-hpc did not "
                        "create it; pass --force if you are sure")
 
 
-def delete_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = print, state: Any = None) -> bool:
-    """Delete a VM of ours (idempotent): False if it was already gone; OpsError for a VM without our label."""
-    from lib.state import SessionState
+def _forget(state: SessionState, name: str, on_log: Log) -> None:
+    """Drop the entry of a deleted VM; an unreadable state file must not undo (or hide) the delete."""
+    try:
+        state.unregister_vm(name)
+    except OpsError as exc:
+        on_log(f"warning: session state not updated: {exc}")
+
+
+def delete_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = quiet,
+              state: SessionState | None = None) -> bool:
+    """Delete a VM of ours (idempotent): False if it was already gone; Refused for a VM without our label.
+
+    Works from labels alone: a corrupt session state file is reported, never a reason not to delete.
+    """
+    from google.cloud import compute_v1 as c  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     state = state or SessionState(cfg)
     vm = get_vm(cfg, name)
     if vm is None:
-        state.unregister_vm(name)
+        _forget(state, name, on_log)
         return False
     _check_ours(vm, force, "delete")
-    from google.cloud import compute_v1 as c
-
     request = c.DeleteInstanceRequest(project=cfg.project, zone=cfg.zone, instance=name, request_id=str(uuid.uuid4()))
     try:
         op = retry.google(clients.instances(cfg).delete, request=request)
@@ -420,14 +531,14 @@ def delete_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = prin
     except Exception as exc:
         if not _not_found(exc):
             raise
-        state.unregister_vm(name)
+        _forget(state, name, on_log)
         return False
-    state.unregister_vm(name)
+    _forget(state, name, on_log)
     on_log(f"deleted VM {name}")
     return True
 
 
-def stop_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = print) -> None:
+def stop_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = quiet) -> None:
     """Stop a VM of ours (its disk stays and still bills; image builds stop before imaging)."""
     cfg = clients.resolve(cfg)
     vm = get_vm(cfg, name)
@@ -445,10 +556,8 @@ def stop_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = print)
 def set_expected_end(cfg: Config, name: str, expected_end: float) -> None:
     """Move the ops-hpc-end label and the session state entry (a deadline extension), so the sweeper does not
     delete a run given more time. It cannot move maxRunDuration: Google's hard limit stays."""
-    from google.api_core import exceptions as gexc
+    from google.api_core import exceptions as gexc  # heavy: imported at first use, keeps --help fast
     from google.cloud import compute_v1 as c
-
-    from lib.state import SessionState
 
     cfg = clients.resolve(cfg)
     client = clients.instances(cfg)

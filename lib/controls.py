@@ -2,7 +2,7 @@
 
     abort      kill OpenSees on the VM; the VM stays (inspect it, push, or run something else)
     emergency  kill OpenSees, then push whatever is on the disk now; the VM stays
-    stop_vm    delete the VM now (anything not pushed is lost)
+    delete_vm  delete the VM now (anything not pushed is lost)
 
 Each does exactly that and returns what it did, so a bin script, an invoke task or a front end can
 report it. A running `make run` notices: the killed job ends (its partial results are pushed as usual);
@@ -15,13 +15,13 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from lib import clients, push, ssh
+from lib import clients, compute, push, ssh
 from lib.config import Config
 from lib.errors import OpsError
-from lib.log import Log
+from lib.log import Log, quiet
 
 
-def abort(cfg: Config, name: str, *, on_log: Log = print, grace_s: int = 5, install: bool = True) -> int:
+def abort(cfg: Config, name: str, *, on_log: Log = quiet, grace_s: int = 5, install: bool = True) -> int:
     """Kill every OpenSees process on VM `name` (TERM, then KILL after grace_s); returns how many."""
     cfg = clients.resolve(cfg)
     if install:
@@ -36,7 +36,7 @@ def abort(cfg: Config, name: str, *, on_log: Log = print, grace_s: int = 5, inst
     return killed
 
 
-def emergency(cfg: Config, name: str, *, on_log: Log = print, method: str = "auto",
+def emergency(cfg: Config, name: str, *, on_log: Log = quiet, method: str = "auto",
               kill: bool = True) -> dict[str, Any]:
     """Kill OpenSees (so files stop changing), then push every analysis folder on the disk; the VM stays."""
     cfg = clients.resolve(cfg)
@@ -44,11 +44,18 @@ def emergency(cfg: Config, name: str, *, on_log: Log = print, method: str = "aut
     killed = abort(cfg, name, on_log=on_log, install=False) if kill else 0
     pushed = push.push(cfg, name, on_log=on_log, method=method, install=False)
     on_log(f"emergency: {len(pushed)} folder(s) in gs://{cfg.bucket_name}; VM {name} is still running: "
-           f"`make pull`, then `make stop-vm NAME={name}`")
+           f"`make pull`, then `make stop-vm NAME={name}` (deletes it)")
     return {"killed": killed, "pushed": pushed}
 
 
-def stop_vm(cfg: Config, name: str, *, on_log: Log = print, on_confirm: Callable[[str], bool] | None = None,
-            force: bool = False) -> bool:
-    """Delete VM `name` now; False if it was already gone or the user declined."""
-    return push.terminate(cfg, name, on_log=on_log, on_confirm=on_confirm, force=force)
+def delete_vm(cfg: Config, name: str, *, on_log: Log = quiet, on_confirm: Callable[[str], bool] | None = None,
+              force: bool = False) -> bool:
+    """The operator's "delete now": delete VM `name` (ours only unless force) after `on_confirm` says yes;
+    False if it was already gone or the user declined. compute.delete_vm is the primitive under it."""
+    if on_confirm is not None and not on_confirm(f"delete VM {name} now? Anything not pushed to the bucket is lost"):
+        on_log("nothing deleted")
+        return False
+    deleted = compute.delete_vm(cfg, name, force=force, on_log=on_log)
+    if not deleted:
+        on_log(f"VM {name} was already gone")
+    return deleted

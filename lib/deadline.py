@@ -132,7 +132,7 @@ def running_jobs(cfg: Config) -> list[dict[str, Any]]:
     return out
 
 
-def request_extension(cfg: Config, minutes: float, *, name: str | None = None, on_log: Log = print,
+def request_extension(cfg: Config, minutes: float, *, name: str | None = None, on_log: Log = quiet,
                       on_warn: Log | None = None) -> list[dict[str, Any]]:
     """Ask the running job(s) (of VM `name`, or every one) for `minutes` more; returns what was asked of whom."""
     if minutes <= 0:

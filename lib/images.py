@@ -14,7 +14,7 @@ from typing import Any
 from lib import clients, compute, retry
 from lib.config import Config
 from lib.errors import OpsError, Refused
-from lib.log import Log
+from lib.log import Log, quiet
 
 LABELS = {"ops-hpc": "true", "ops-hpc-kind": "opensees-hpc"}
 OP_TIMEOUT_S = 1800.0  # imaging a 200 GB disk takes minutes on GCP
@@ -67,7 +67,7 @@ def list_images(cfg: Config, *, all_images: bool = False) -> list[dict[str, Any]
 
 
 def create_from_disk(cfg: Config, source_disk: str, image_name: str, *, description: str = "",
-                     on_log: Log = print) -> dict[str, Any]:
+                     on_log: Log = quiet) -> dict[str, Any]:
     """An image in cfg.image_family from a (stopped) VM's boot disk, labelled ours."""
     from google.cloud import compute_v1 as c
 
@@ -107,7 +107,7 @@ def _deprecate(cfg: Config, name: str, state: str) -> None:
     compute.wait_operation(op, f"setting image {name} to {state}", timeout=OP_TIMEOUT_S)
 
 
-def archive(cfg: Config, name: str, *, on_log: Log = print) -> dict[str, Any]:
+def archive(cfg: Config, name: str, *, on_log: Log = quiet) -> dict[str, Any]:
     """Deprecate: the family stops choosing it; runs fall back to the previous image (if any)."""
     _require_ours(cfg, name, "archive")
     _deprecate(cfg, name, "DEPRECATED")
@@ -115,7 +115,7 @@ def archive(cfg: Config, name: str, *, on_log: Log = print) -> dict[str, Any]:
     return get_image(cfg, name) or {}
 
 
-def restore(cfg: Config, name: str, *, on_log: Log = print) -> dict[str, Any]:
+def restore(cfg: Config, name: str, *, on_log: Log = quiet) -> dict[str, Any]:
     """Clear the deprecation: the image is eligible for its family again."""
     _require_ours(cfg, name, "restore")
     _deprecate(cfg, name, "ACTIVE")
@@ -123,7 +123,7 @@ def restore(cfg: Config, name: str, *, on_log: Log = print) -> dict[str, Any]:
     return get_image(cfg, name) or {}
 
 
-def delete(cfg: Config, name: str, *, on_log: Log = print,
+def delete(cfg: Config, name: str, *, on_log: Log = quiet,
            on_confirm: Callable[[str], bool] | None = None) -> bool:
     """Delete one of our images (after on_confirm, when given); False if the user declined."""
     image = _require_ours(cfg, name, "delete")

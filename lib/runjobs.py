@@ -28,7 +28,7 @@ from lib.deadline import CHECK_S, Channel, Deadline, Watchdog
 from lib.errors import OpsError
 from lib.guard import VMGuard
 from lib.log import Log
-from lib.stage import new_run_id
+from lib.naming import new_run_id, vm_name
 from lib.state import SessionState
 
 PID_DIR = "/tmp/ops-hpc/jobs"
@@ -101,7 +101,7 @@ def run_jobs(
     batch = parse_batch(jobs_file)
     cfg = clients.resolve(cfg)
     run_id = new_run_id()
-    name = name or f"ops-hpc-{run_id}"
+    name = name or vm_name(run_id)
     state = state or SessionState(cfg)
     log_dir = Path(log_dir) if log_dir else cfg.state_path / "logs" / run_id
     log_dir.mkdir(parents=True, exist_ok=True)

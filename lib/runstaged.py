@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib import clients, compute, paths, retry, stage, storage
+from lib import clients, compute, naming, paths, retry, stage, storage
 from lib.batches import parse_batch, shard_by_timeout
 from lib.config import Config
 from lib.errors import OpsError, UsageError
@@ -193,11 +193,11 @@ def launch(cfg: Config, run_id: str, description: dict[str, Any], shards: list[l
     cfg = clients.resolve(cfg)
     state = state or SessionState(cfg)
     timeouts = {m["name"]: int(m["timeout_min"]) for m in description["models"]}
-    names = names or [stage.vm_name(run_id, i + 1 if len(shards) > 1 else None) for i in range(len(shards))]
+    names = names or [naming.vm_name(run_id, shard=i + 1 if len(shards) > 1 else None) for i in range(len(shards))]
     script = paths.vm_script("startup.sh").read_text(encoding="utf-8")
     specs = [compute.plan_vm(cfg, name=name, kind="analysis", run_id=run_id, image=image, spot=spot,
                              machine_type=machine_type, job_timeouts_min=[timeouts[m] for m in shard],
-                             startup_script=script,
+                             startup_script=script, reports_status=True,
                              metadata=_metadata(cfg, run_id, shard, len(description["models"])))
              for name, shard in zip(names, shards, strict=True)]
     runs = [VmRun(name=s.name, models=list(shard), spot=s.spot, machine_type=s.machine_type, hourly=_hourly(cfg, s))
@@ -208,7 +208,7 @@ def launch(cfg: Config, run_id: str, description: dict[str, Any], shards: list[l
         for spec, run in zip(specs, runs, strict=True):
             guards.append(stack.enter_context(VMGuard(cfg, spec.name, on_log=on_log, state=state)))
             vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
-            run.id, run.created = vm.get("id", ""), time.time()
+            run.id, run.created = vm.id, time.time()
             on_log(f"{spec.name}: {len(run.models)} model(s) ({', '.join(run.models)}); "
                    f"deleted by Google after {spec.max_run_s // 3600} h at the latest")
         _confirm_up(cfg, run_id, runs, timeout, on_log)
@@ -375,7 +375,7 @@ def follow(cfg: Config, run_id: str, description: dict[str, Any], runs: list[VmR
                 continue
             if vm.spot and (vm.attempt < spot_retries or on_demand_fallback):
                 use_spot = vm.attempt < spot_retries
-                name = f"{stage.vm_name(run_id)}-r{vm.attempt + 1}-{uuid.uuid4().hex[:3]}"
+                name = naming.vm_name(run_id, relaunch=out.relaunches + 1)
                 on_log(f"relaunching {', '.join(unfinished)} on {'spot' if use_spot else 'on-demand'} VM {name}")
                 new = launch(cfg, run_id, description, [unfinished], spot=use_spot, image=image,
                              machine_type=vm.machine_type, names=[name], on_log=on_log, state=state)[0]
