@@ -57,5 +57,5 @@ def delete_vm(cfg: Config, name: str, *, on_log: Log = quiet, on_confirm: Callab
         return False
     deleted = compute.delete_vm(cfg, name, force=force, on_log=on_log)
     if not deleted:
-        on_log(f"VM {name} was already gone")
+        on_log(f"VM {name} does not exist (already deleted)")
     return deleted

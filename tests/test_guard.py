@@ -12,7 +12,8 @@ import pytest
 
 from lib import compute, guard
 from lib.guard import VMGuard
-from lib.state import SessionState, reconcile
+from lib.reconcile import reconcile
+from lib.state import SessionState
 from tests.vm_helpers import REPO_ROOT, vm_env
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX signals; the Windows path is unit-tested below")
@@ -26,7 +27,7 @@ def vms(localcloud, tmp_path):
 def test_normal_exit_deletes_vm(vms):
     name = vms.create()
     with VMGuard(vms.cfg, name, on_log=vms.log) as g:
-        assert compute.get_vm(vms.cfg, name)["status"] == "RUNNING"
+        assert compute.get_vm(vms.cfg, name).status == "RUNNING"
         assert SessionState(vms.cfg).vms()[name]["guarded"] is True
     assert g.deleted and compute.get_vm(vms.cfg, name) is None
     assert name not in SessionState(vms.cfg).vms()
@@ -76,7 +77,7 @@ def _child(vms, name):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert line.strip() == "ready", (line, proc.stderr.read() if proc.poll() is not None else "")
-    assert compute.get_vm(vms.cfg, name)["status"] == "RUNNING"
+    assert compute.get_vm(vms.cfg, name).status == "RUNNING"
     return proc
 
 
@@ -99,10 +100,10 @@ def test_sigkill_leaves_vm_then_next_command_reconcile_deletes_it(vms):
     proc = _child(vms, name)
     proc.kill()
     proc.wait(10)
-    assert compute.get_vm(vms.cfg, name)["status"] == "RUNNING"  # nothing ran in the child
+    assert compute.get_vm(vms.cfg, name).status == "RUNNING"  # nothing ran in the child
     warnings: list[str] = []
     result = reconcile(vms.cfg, on_log=vms.log, on_warn=warnings.append)
-    assert name in result["deleted"]
+    assert name in result.deleted
     assert any("died without cleaning up" in w for w in warnings)
     assert compute.get_vm(vms.cfg, name) is None and name not in SessionState(vms.cfg).vms()
 

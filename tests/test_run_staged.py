@@ -49,8 +49,8 @@ def cfg(localcloud, tmp_path):
     c = vm_config(localcloud, tmp_path / "state", bucket=f"t-{uuid.uuid4().hex[:10]}", time_scale=30)
     storage.ensure_bucket(c)
     yield c
-    left = [v["name"] for v in compute.list_vms(c) if v["run_id"].startswith("run-") and
-            any(v["name"] == n for n in _names_of(c))]
+    left = [v.name for v in compute.list_vms(c) if v.run_id.startswith("run-") and
+            any(v.name == n for n in _names_of(c))]
     for name in left:
         compute.delete_vm(c, name, on_log=lambda _: None)
     assert not left, f"VMs left alive: {left}"
@@ -143,8 +143,8 @@ def test_preempted_spot_vm_relaunches_only_unfinished_models(cfg, image, localcl
     def on_log(line: str) -> None:
         if not preempted and "first: result pulled" in line:
             vm = line  # the first VM is the only one so far
-            name = next(v["name"] for v in compute.list_vms(cfg) if v["name"].startswith("ops-hpc-") and
-                        "-r" not in v["name"][-8:] and v["spot"])
+            name = next(v.name for v in compute.list_vms(cfg) if v.name.startswith("ops-hpc-") and
+                        "-r" not in v.name[-8:] and v.spot)
             preempted.append(name)
             threading.Thread(target=localcloud.admin, args=(f"preempt/{cfg.project}/{cfg.zone}/{name}", {}),
                              daemon=True).start()

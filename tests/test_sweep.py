@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import stat
 import time
+from dataclasses import replace
 from pathlib import PureWindowsPath
 
 import pytest
 from filelock import FileLock
 
 from lib import compute, paths, sweep
+from lib.compute import Vm
 from tests.helpers import run_bin
 from tests.vm_helpers import vm_env
 
@@ -22,15 +24,15 @@ def vms(localcloud, tmp_path):
 
 def test_decide_rules():
     now = 10_000.0
-    vm = {"ours": True, "status": "RUNNING", "expected_end": 9_000}
-    assert sweep.decide({**vm, "ours": False}, now=now, grace_s=0)[0] == "orphan"
-    assert sweep.decide({**vm, "ours": False, "status": "TERMINATED"}, now=now, grace_s=0)[0] == "orphan"
-    assert sweep.decide({**vm, "status": "TERMINATED", "expected_end": 99_999}, now=now, grace_s=0)[0] == "delete"
+    vm = Vm(name="v", zone="z", ours=True, status="RUNNING", expected_end=9_000)
+    assert sweep.decide(replace(vm, ours=False), now=now, grace_s=0)[0] == "orphan"
+    assert sweep.decide(replace(vm, ours=False, status="TERMINATED"), now=now, grace_s=0)[0] == "orphan"
+    assert sweep.decide(replace(vm, status="TERMINATED", expected_end=99_999), now=now, grace_s=0)[0] == "delete"
     assert sweep.decide(vm, now=now, grace_s=900)[0] == "delete"  # 1000 s late, 900 s grace
     assert sweep.decide(vm, now=now, grace_s=1200)[0] == "keep"
     assert sweep.decide(vm, now=now, grace_s=600)[0] == "delete"
     assert sweep.decide(vm, now=now, grace_s=600, state_end=9_900)[0] == "keep"  # an extension in session state
-    assert sweep.decide({**vm, "expected_end": None}, now=now, grace_s=0)[0] == "keep"
+    assert sweep.decide(replace(vm, expected_end=None), now=now, grace_s=0)[0] == "keep"
 
 
 def test_sweep_deletes_overdue_and_stopped_spares_unlabeled_and_live(vms):
@@ -43,17 +45,17 @@ def test_sweep_deletes_overdue_and_stopped_spares_unlabeled_and_live(vms):
 
     lines: list[str] = []
     dry = sweep.sweep(cfg, dry_run=True, on_log=lines.append, on_warn=lines.append)
-    assert {i["name"] for i in dry["would_delete"]} >= {overdue, stopped} and dry["deleted"] == []
-    assert compute.get_vm(cfg, overdue)["status"] == "RUNNING"  # dry run touched nothing
+    assert {i.name for i in dry.would_delete} >= {overdue, stopped} and dry.deleted == []
+    assert compute.get_vm(cfg, overdue).status == "RUNNING"  # dry run touched nothing
 
     result = sweep.sweep(cfg, grace_min=15, on_log=lines.append, on_warn=lines.append)
-    deleted = {d["name"]: d["reason"] for d in result["deleted"]}
+    deleted = {d.name: d.reason for d in result.deleted}
     assert "overdue" in deleted[overdue] and "TERMINATED" in deleted[stopped]
-    assert live in {k["name"] for k in result["kept"]}
-    assert unlabeled in {o["name"] for o in result["orphans"]}
+    assert live in {k.name for k in result.kept}
+    assert unlabeled in {o.name for o in result.orphans}
     assert compute.get_vm(cfg, overdue) is None and compute.get_vm(cfg, stopped) is None
-    assert compute.get_vm(cfg, live)["status"] == "RUNNING"
-    assert compute.get_vm(cfg, unlabeled)["status"] == "RUNNING"
+    assert compute.get_vm(cfg, live).status == "RUNNING"
+    assert compute.get_vm(cfg, unlabeled).status == "RUNNING"
     assert any(unlabeled in line and "left alone" in line for line in lines)
     compute.delete_vm(cfg, live, on_log=vms.log)
     compute.delete_vm(cfg, unlabeled, force=True, on_log=vms.log)
@@ -64,8 +66,8 @@ def test_concurrent_sweep_is_skipped_while_lock_held(vms):
     compute.set_expected_end(vms.cfg, name, time.time() - 7200)
     with FileLock(str(vms.cfg.state_path / sweep.LOCK_FILE)):
         result = sweep.sweep(vms.cfg, on_log=vms.log)
-    assert result["skipped"] and compute.get_vm(vms.cfg, name) is not None
-    assert [d["name"] for d in sweep.sweep(vms.cfg, on_log=vms.log)["deleted"]] == [name]
+    assert result.skipped and compute.get_vm(vms.cfg, name) is not None
+    assert [d.name for d in sweep.sweep(vms.cfg, on_log=vms.log).deleted] == [name]
 
 
 def test_bin_sweep_dry_run_then_real(vms, localcloud):
