@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
 from lib import clients, compute
 from lib.config import Config
+from lib.polling import poll_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL = "e2-standard-2"  # 2 vCPUs: cheap on quota in the local cloud
@@ -37,12 +37,7 @@ def ensure_opensees_image(cfg: Config) -> str:
 
 
 def wait_gone(cfg: Config, name: str, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if compute.get_vm(cfg, name) is None:
-            return True
-        time.sleep(0.1)
-    return False
+    return bool(poll_until(lambda: compute.get_vm(cfg, name) is None, timeout, 0.1))
 
 
 def reap(cfg: Config, prefix: str) -> list[str]:
