@@ -20,7 +20,7 @@ import atexit
 import os
 import signal
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from lib import compute
 from lib.config import Config
@@ -74,7 +74,7 @@ class VMGuard:
             self._install_console_handler()
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         try:
             reason = "normal exit" if exc_type is None else f"{exc_type.__name__} in the guarded block"
             self.cleanup(reason)

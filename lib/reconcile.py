@@ -194,14 +194,15 @@ def reconcile(cfg: Config, *, on_log: Log = quiet, on_warn: Log = quiet, vms: li
     result = ReconcileResult()
     registered, result.state_problem = _registered(cfg, state, on_warn)
     live = {vm.name: vm for vm in (compute.list_vms(cfg) if vms is None else vms) if vm.ours}
-    for name, entry in registered.items():  # registered in another zone: look where it was created
-        if name not in live and entry.get("zone") and entry["zone"] != cfg.zone:
-            found = compute.get_vm(cfg.replace(zone=entry["zone"]), name)
+    for name, known in registered.items():  # registered in another zone: look where it was created
+        if name not in live and known.get("zone") and known["zone"] != cfg.zone:
+            found = compute.get_vm(cfg.replace(zone=known["zone"]), name)
             if found is not None:
                 live[name] = found
 
     for name in sorted(set(registered) | set(live)):
-        entry, vm = registered.get(name), live.get(name)
+        entry: dict[str, Any] | None = registered.get(name)
+        vm = live.get(name)
         alive = entry is not None and owner_alive(entry)
         reported = None
         if vm is not None and awaits_first_status(entry, vm, now, owner_alive=alive, first_status_s=window):

@@ -44,7 +44,7 @@ def _zones(cfg: Config, on_warn: Log = quiet) -> list[str]:
     """The configured zone and every zone session state mentions (the configured one alone if it is unreadable)."""
     zones = {cfg.zone}
     try:
-        zones.update(e.get("zone") for e in SessionState(cfg).vms().values() if e.get("zone"))
+        zones.update(str(e["zone"]) for e in SessionState(cfg).vms().values() if e.get("zone"))
     except OpsError as exc:
         on_warn(f"warning: {exc}; sweeping zone {cfg.zone} by labels alone")
     return sorted(zones)
@@ -195,12 +195,12 @@ def cron_line(repo: Path = paths.REPO, state_dir: Path | None = None, *, python:
 def schtasks_command(repo: Path = paths.REPO, state_dir: Path | None = None) -> list[str]:
     """The Task Scheduler command as argv: every 5 minutes, pythonw (no console window flashing) running
     bin\\sweep, which appends to STATE\\sweep.log itself (no cmd.exe redirection to quote)."""
-    repo = PureWindowsPath(repo)
+    win = PureWindowsPath(repo)
     state = str(PureWindowsPath(state_dir)) if state_dir else r"%LOCALAPPDATA%\ops-hpc"
-    py = str(repo / ".venv" / "Scripts" / "pythonw.exe")
-    action = f'"{py}" "{repo / "bin" / "sweep"}" --log "{state}\\{LOG_FILE}"'
-    if Path(str(repo / "ops-hpc.toml")).exists():  # the task starts in System32: name the config file explicitly
-        action += f' --config "{repo / "ops-hpc.toml"}"'
+    py = str(win / ".venv" / "Scripts" / "pythonw.exe")
+    action = f'"{py}" "{win / "bin" / "sweep"}" --log "{state}\\{LOG_FILE}"'
+    if Path(str(win / "ops-hpc.toml")).exists():  # the task starts in System32: name the config file explicitly
+        action += f' --config "{win / "ops-hpc.toml"}"'
     return ["schtasks", "/Create", "/SC", "MINUTE", "/MO", "5", "/TN", TASK_NAME, "/TR", action, "/F"]
 
 
