@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import PureWindowsPath
@@ -13,6 +15,7 @@ from filelock import FileLock
 
 from lib import compute, paths, sweep
 from lib.compute import Vm
+from lib.errors import UsageError
 from tests.helpers import run_bin
 from tests.vm_helpers import vm_env
 
@@ -137,3 +140,56 @@ def test_cleanup_asks_then_deletes_our_vms_and_wipes_bucket(vms, localcloud):
     assert compute.get_vm(cfg, ours) is None and storage.list_blobs(cfg) == []
     assert compute.get_vm(cfg, theirs) is not None  # never an unlabeled VM
     compute.delete_vm(cfg, theirs, force=True, on_log=vms.log)
+
+
+def _corrupt_state(cfg) -> bytes:
+    from lib.state import STATE_FILE
+
+    path = cfg.state_path / STATE_FILE
+    path.write_bytes(b'{"version": 1, "vms": {"x": ')  # a crash mid-write by some other tool, or a bad edit
+    return path.read_bytes()
+
+
+def test_sweep_and_cleanup_work_from_labels_when_the_state_file_is_corrupt(vms, localcloud):
+    """A corrupt session_state.json disables no safety net: the sweeper deletes the overdue VM, cleanup deletes
+    ours, and neither touches the file (status is the one that moves it aside)."""
+    from lib.state import STATE_FILE
+
+    overdue, other = vms.create(), vms.create()
+    compute.set_expected_end(vms.cfg, overdue, time.time() - 7200)
+    before = _corrupt_state(vms.cfg)
+    real = run_bin("sweep", env=localcloud.env(state_dir=vms.cfg.state_dir))
+    assert real.returncode == 0, real.stderr
+    assert f"deleted {overdue}" in real.stdout and "not valid JSON" in real.stdout
+    assert compute.get_vm(vms.cfg, overdue) is None and compute.get_vm(vms.cfg, other) is not None
+    done = sweep.cleanup(vms.cfg.replace(bucket=localcloud.new_bucket("corrupt").bucket_name),
+                         confirm=lambda q: True, on_log=vms.log)
+    assert other in done["vms_deleted"] and compute.get_vm(vms.cfg, other) is None
+    assert (vms.cfg.state_path / STATE_FILE).read_bytes() == before
+
+
+def test_a_negative_grace_is_refused_in_one_line(vms, localcloud):
+    """--grace -60 would delete a run an hour before its expected end."""
+    name = vms.create()
+    proc = run_bin("sweep", "--grace", "-60", env=localcloud.env(state_dir=vms.cfg.state_dir))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "grace -60" in proc.stderr, proc.stderr
+    assert compute.get_vm(vms.cfg, name).status == "RUNNING"
+    with pytest.raises(UsageError):
+        sweep.sweep(vms.cfg, grace_min=-1, on_log=vms.log)
+    compute.delete_vm(vms.cfg, name, on_log=vms.log)
+
+
+def test_summary_line_counts_what_reconcile_deleted(vms, localcloud):
+    """The cron log's one line must not say '0 deleted' when the sweep's reconcile deleted a dead guard's VM."""
+    from lib import jsonfile
+    from lib.state import STATE_FILE
+
+    name = vms.create()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with jsonfile.edit(vms.cfg.state_path / STATE_FILE) as data:
+        data["vms"][name].update(owner={"pid": dead.pid, "create_time": None, "host": "", "since": 0}, guarded=True)
+    proc = run_bin("sweep", env=localcloud.env(state_dir=vms.cfg.state_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert compute.get_vm(vms.cfg, name) is None
+    assert proc.stdout.strip().splitlines()[-1].startswith("sweep: 1 deleted,"), proc.stdout

@@ -15,7 +15,7 @@ from werkzeug import Request, Response
 
 from lib.localcloud.compute.exceptions import ComputeError, InvalidValue, ResourceNotFound
 from lib.localcloud.compute.models import GOOGLE, ComputeModel
-from lib.localcloud.http import apply_fault, google_error, json_response
+from lib.localcloud.http import apply_fault, delayed, google_error, json_response
 
 Handler = Callable[[Request, dict[str, str]], Any]
 P = r"projects/(?P<project>[^/]+)"
@@ -222,7 +222,7 @@ def handle(model: ComputeModel, compute: ComputeResponses, admin: AdminResponses
         fault = apply_fault(faults, "compute", request)
         if fault is not None:
             return fault
-        return compute.dispatch(request, path[len("/compute/v1/"):].rstrip("/"))
+        return delayed(request, compute.dispatch(request, path[len("/compute/v1/"):].rstrip("/")))
     if path.startswith("/_localcloud/"):
         return admin.dispatch(request, path[len("/_localcloud/"):])
     return google_error(404, f"The requested URL {path} was not found on this server.", "notFound")
