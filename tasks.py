@@ -92,7 +92,7 @@ def setup(c):
     """Check credentials, project, APIs, OS Login, bucket (created if missing), IAM permissions and CPU quota."""
     from lib import preflight
 
-    checks = preflight.run_checks(_cfg())
+    checks = preflight.run_checks(_cfg(), on_check=lambda check: print(check.line()))
     failed = [ch for ch in checks if ch.status == "fail"]
     if failed:
         raise Exit(f"{len(failed)} check(s) failed: fix the lines marked FAIL and rerun `make setup`", code=1)

@@ -166,13 +166,14 @@ def check_quota(cfg: Config) -> Check:
     return Check("CPU quota", "ok", f"{cfg.machine_type} ({int(mt.guest_cpus)} vCPUs) fits in {cfg.region_name}: {text}")
 
 
-def run_checks(cfg: Config, *, on_check: Callable[[Check], None] = lambda c: print(c.line())) -> list[Check]:
+def run_checks(cfg: Config, *, on_check: Callable[[Check], None] | None = None) -> list[Check]:
     """Every check, in order, each reported as it finishes; returns them all."""
     checks: list[Check] = []
 
     def add(check: Check) -> None:
         checks.append(check)
-        on_check(check)
+        if on_check is not None:
+            on_check(check)
 
     add(check_credentials(cfg))
     if checks[-1].status == "fail":
