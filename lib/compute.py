@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lib import clients, retry
+from lib import clients, pricing, retry
 from lib.config import Config
 from lib.errors import OpsError, Refused, UsageError
 from lib.log import Log, quiet
@@ -132,7 +132,7 @@ def _iso(epoch: float) -> str:
 
 
 def _not_found(exc: BaseException) -> bool:
-    from google.api_core import exceptions as gexc
+    from google.api_core import exceptions as gexc  # heavy: imported at first use, keeps --help fast
 
     return isinstance(exc, gexc.NotFound)
 
@@ -262,8 +262,6 @@ def plan_vm(
 
 def worst_case_cost(cfg: Config, spec: VmSpec) -> float:
     """USD if the VM runs until Google deletes it at maxRunDuration: machine + boot disk for that long."""
-    from lib import pricing
-
     hours = spec.max_run_s / 3600
     return round(pricing.vm_hourly(cfg, spec.machine_type, spot=spec.spot, disk_gb=spec.disk_size_gb) * hours, 2)
 
@@ -273,7 +271,7 @@ def worst_case_cost(cfg: Config, spec: VmSpec) -> float:
 
 def instance_resource(spec: VmSpec) -> Any:
     """The compute_v1.Instance body for a spec."""
-    from google.cloud import compute_v1 as c
+    from google.cloud import compute_v1 as c  # heavy: imported at first use, keeps --help fast
 
     zone = spec.zone
     nic = c.NetworkInterface(network=f"global/networks/{spec.network}")
@@ -450,7 +448,7 @@ def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = quiet, state: SessionS
     mid-insert leaves an entry that reconcile keeps until the insert can no longer land.
     """
     from google.api_core import exceptions as gexc  # heavy: imported at first use, keeps --help fast
-    from google.cloud import compute_v1 as c
+    from google.cloud import compute_v1 as c  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     state = state or SessionState(cfg)
@@ -545,7 +543,7 @@ def stop_vm(cfg: Config, name: str, *, force: bool = False, on_log: Log = quiet)
     if vm is None:
         raise OpsError(f"VM {name} does not exist in {cfg.zone}")
     _check_ours(vm, force, "stop")
-    from google.cloud import compute_v1 as c
+    from google.cloud import compute_v1 as c  # heavy: imported at first use, keeps --help fast
 
     request = c.StopInstanceRequest(project=cfg.project, zone=cfg.zone, instance=name, request_id=str(uuid.uuid4()))
     op = retry.google(clients.instances(cfg).stop, request=request)
@@ -557,7 +555,7 @@ def set_expected_end(cfg: Config, name: str, expected_end: float) -> None:
     """Move the ops-hpc-end label and the session state entry (a deadline extension), so the sweeper does not
     delete a run given more time. It cannot move maxRunDuration: Google's hard limit stays."""
     from google.api_core import exceptions as gexc  # heavy: imported at first use, keeps --help fast
-    from google.cloud import compute_v1 as c
+    from google.cloud import compute_v1 as c  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     client = clients.instances(cfg)

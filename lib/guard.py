@@ -39,7 +39,7 @@ def _signals() -> list[int]:
 
 def _load_ctypes() -> Any:
     """ctypes, behind a function so tests can hand in a fake kernel32 on Linux."""
-    import ctypes
+    import ctypes  # Windows console handling only: imported where it is used
 
     return ctypes
 

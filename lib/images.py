@@ -44,7 +44,7 @@ def _project(cfg: Config) -> str:
 
 
 def get_image(cfg: Config, name: str) -> dict[str, Any] | None:
-    from google.api_core import exceptions as gexc
+    from google.api_core import exceptions as gexc  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     try:
@@ -69,7 +69,7 @@ def list_images(cfg: Config, *, all_images: bool = False) -> list[dict[str, Any]
 def create_from_disk(cfg: Config, source_disk: str, image_name: str, *, description: str = "",
                      on_log: Log = quiet) -> dict[str, Any]:
     """An image in cfg.image_family from a (stopped) VM's boot disk, labelled ours."""
-    from google.cloud import compute_v1 as c
+    from google.cloud import compute_v1 as c  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     body = c.Image(name=image_name, family=cfg.image_family, source_disk=source_disk, labels=dict(LABELS),
@@ -97,7 +97,7 @@ def _require_ours(cfg: Config, name: str, verb: str) -> dict[str, Any]:
 
 
 def _deprecate(cfg: Config, name: str, state: str) -> None:
-    from google.cloud import compute_v1 as c
+    from google.cloud import compute_v1 as c  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     status = c.DeprecationStatus(state=state)
@@ -130,7 +130,7 @@ def delete(cfg: Config, name: str, *, on_log: Log = quiet,
     if on_confirm is not None and not on_confirm(f"delete image {name} (created {image['created']})?"):
         on_log("nothing deleted")
         return False
-    from google.cloud import compute_v1 as c
+    from google.cloud import compute_v1 as c  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     request = c.DeleteImageRequest(project=_project(cfg), image=name, request_id=str(uuid.uuid4()))

@@ -26,7 +26,7 @@ WINDOW_S = 300
 def from_monitoring(cfg: Config, vm: compute.Vm, *, window_s: int = WINDOW_S,
                     now: float | None = None) -> dict[str, float]:
     """The newest point of each metric in the last window_s seconds (figures without points are left out)."""
-    from google.cloud import monitoring_v3
+    from google.cloud import monitoring_v3  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     client = clients.monitoring(cfg)

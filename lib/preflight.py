@@ -70,7 +70,7 @@ def check_apis(cfg: Config) -> list[Check]:
     except Exception as exc:
         out.append(Check("Cloud Storage API", "fail", _msg(exc), "gcloud services enable storage.googleapis.com"))
     try:
-        from google.cloud import monitoring_v3
+        from google.cloud import monitoring_v3  # heavy: imported at first use, keeps --help fast
 
         now = time.time()
         request = monitoring_v3.ListTimeSeriesRequest(
@@ -125,7 +125,7 @@ def check_iam(cfg: Config) -> Check:
     if cfg.local:
         return Check("IAM permissions", "skip", "skipped on local cloud (no IAM)")
     try:
-        from google.auth.transport.requests import AuthorizedSession
+        from google.auth.transport.requests import AuthorizedSession  # heavy: imported at first use, keeps --help fast
 
         session = AuthorizedSession(clients.credentials(cfg))
         url = f"https://cloudresourcemanager.googleapis.com/v1/projects/{cfg.project}:testIamPermissions"
@@ -133,7 +133,7 @@ def check_iam(cfg: Config) -> Check:
         def ask() -> Any:
             resp = session.post(url, json={"permissions": list(PERMISSIONS)}, timeout=30)
             if resp.status_code in (429, 500, 502, 503, 504):
-                from google.api_core import exceptions as gexc
+                from google.api_core import exceptions as gexc  # heavy: imported at first use, keeps --help fast
 
                 raise gexc.from_http_status(resp.status_code, resp.text[:200])
             resp.raise_for_status()

@@ -69,7 +69,7 @@ def bucket_info(cfg: Config) -> dict[str, Any]:
 
 def usage(cfg: Config, *, days: int = 30, now: float | None = None) -> dict[str, Any]:
     """Per-VM uptime over the last `days` from Monitoring's uptime metric, priced by machine type."""
-    from google.cloud import monitoring_v3
+    from google.cloud import monitoring_v3  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     now = time.time() if now is None else now

@@ -16,7 +16,7 @@ import pytest
 from helpers import run_bin
 from vm_helpers import SMALL, vm_config
 
-from lib import compute, manifest, results, runlog, runstaged, stage, storage
+from lib import compute, manifest, naming, results, runlog, runstaged, storage
 from lib.errors import OpsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,10 +192,10 @@ def test_pc_switched_off_then_bin_pull_collects_everything(cfg, image, localclou
 def test_a_vm_that_never_reports_is_deleted_by_its_guard(cfg, image, tmp_path):
     from lib.state import SessionState
 
-    run_id = stage.new_run_id()
+    run_id = naming.new_run_id()
     broken = cfg.replace(bucket=f"t-missing-{uuid.uuid4().hex[:8]}")  # the VM cannot read its batch: no status
     description = {"models": [{"name": "m", "timeout_min": 1}]}
-    name = stage.vm_name(run_id)
+    name = naming.vm_name(run_id)
     with pytest.raises(OpsError, match="did not report"):
         runstaged.launch(broken, run_id, description, [["m"]], image=image, machine_type=SMALL, boot_timeout=3)
     assert compute.get_vm(cfg, name) is None
