@@ -334,11 +334,13 @@ class Vm:
     owner_host: str = ""  # label ops-hpc-host: the PC that launched it
     launched: int | None = None  # label ops-hpc-launched: when the insert was sent (epoch s)
     reports_status: bool = False  # label ops-hpc-reports=status: it publishes _status/RUN/VM.txt once up
+    bucket: str = ""  # metadata ops-hpc-bucket: where it publishes its status and results
 
     @classmethod
     def from_instance(cls, inst: Any) -> Vm:
         """A compute_v1.Instance as a Vm."""
         labels = dict(inst.labels)
+        meta = {i.key: i.value for i in inst.metadata.items} if inst.metadata else {}
         sched = inst.scheduling
         max_run = (int(sched.max_run_duration.seconds)
                    if sched.max_run_duration and sched.max_run_duration.seconds else None)
@@ -358,7 +360,7 @@ class Vm:
             last_start_epoch=last_start, max_run_s=max_run, max_run_end=termination,
             termination_action=sched.instance_termination_action or "", self_link=inst.self_link,
             owner_host=labels.get(LABEL_HOST, ""), launched=int(launched) if launched.isdigit() else None,
-            reports_status=labels.get(LABEL_REPORTS) == "status",
+            reports_status=labels.get(LABEL_REPORTS) == "status", bucket=meta.get("ops-hpc-bucket", ""),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -168,9 +168,13 @@ def _first_status_s(cfg: Config) -> float:
 
 
 def has_first_status(cfg: Config, vm: Vm) -> bool | None:
-    """Did the VM publish `_status/RUN/VM.txt` (the status protocol's first write)? None if the bucket cannot say."""
+    """Did the VM publish `_status/RUN/VM.txt` (the status protocol's first write) in the bucket it was given?
+    None if the bucket cannot say."""
     try:
-        return storage.get_blob(cfg, f"_status/{vm.run_id}/{vm.name}.txt") is not None
+        where = cfg.replace(bucket=vm.bucket) if vm.bucket else cfg
+        if storage.get_blob(where, f"_status/{vm.run_id}/{vm.name}.txt") is not None:
+            return True
+        return False if storage.bucket(where).exists(retry=None) else None  # no bucket: it cannot say
     except Exception:  # an unreachable bucket must never be read as "it said nothing"
         return None
 

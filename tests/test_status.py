@@ -86,19 +86,20 @@ def test_a_labelled_vm_that_never_reported_is_deleted_whoever_launched_it(vms, b
     published no first status long after its launch is deleted by status; one that reported, or is young, stays."""
     from lib.state import SessionState
 
-    cfg = vms.cfg.replace(bucket=bucket.bucket_name)
-    long_ago = time.time() - 300
-    silent = vms.create(reports_status=True, now=long_ago)
-    spoke = vms.create(reports_status=True, now=long_ago)
+    cfg = vms.cfg.replace(bucket=f"t-never-made-{time.time_ns()}")  # the VMs' own bucket is the one looked in
+    long_ago, where = time.time() - 300, {"ops-hpc-bucket": bucket.bucket_name}
+    silent = vms.create(reports_status=True, now=long_ago, metadata=where)
+    spoke = vms.create(reports_status=True, now=long_ago, metadata=where)
+    lost = vms.create(reports_status=True, now=long_ago)  # its bucket (the configured one) does not exist: kept
     young = vms.create(reports_status=True)
     quiet_by_design = vms.create(now=long_ago)  # not a run-staged VM: it publishes no status, and is kept
-    storage.upload_bytes(cfg, f"_status/{compute.get_vm(cfg, spoke).run_id}/{spoke}.txt", b"format=1 state=running")
-    for name in (silent, spoke, young, quiet_by_design):
+    storage.upload_bytes(bucket, f"_status/{compute.get_vm(cfg, spoke).run_id}/{spoke}.txt", b"format=1 state=running")
+    for name in (silent, spoke, lost, young, quiet_by_design):
         SessionState(cfg).unregister_vm(name)  # as if launched from another PC
     warnings: list[str] = []
     info = status.status(cfg, on_log=vms.log, on_warn=warnings.append, first_status_s=120)
     assert info["reconcile"]["deleted"] == [silent] and compute.get_vm(cfg, silent) is None
     assert any(silent in w and "never reported a first status" in w for w in warnings)
-    for name in (spoke, young, quiet_by_design):
+    for name in (spoke, lost, young, quiet_by_design):
         assert compute.get_vm(cfg, name).status == "RUNNING"
         compute.delete_vm(cfg, name, on_log=vms.log)
