@@ -412,7 +412,7 @@ def list_vms(cfg: Config, *, ours_only: bool = True) -> list[Vm]:
 # the insert) re-sends the same request (same requestId: Google answers with the first one's operation, or
 # creates the VM if the first never arrived), waits for it and deletes what it created.
 _IN_FLIGHT: dict[str, tuple[Config, Any]] = {}
-_IN_FLIGHT_LOCK = threading.Lock()
+_IN_FLIGHT_LOCK = threading.RLock()  # re-entrant: a signal handler may run while the main thread holds it
 
 
 def insert_in_flight(name: str) -> bool:
