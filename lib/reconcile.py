@@ -30,7 +30,7 @@ from typing import Any
 from lib import compute, downloads, storage
 from lib.compute import Vm
 from lib.config import Config
-from lib.errors import OpsError
+from lib.errors import OpsError, UsageError
 from lib.log import Log, quiet
 from lib.state import SessionState, owner_alive
 
@@ -194,6 +194,8 @@ def reconcile(cfg: Config, *, on_log: Log = quiet, on_warn: Log = quiet, vms: li
     listed them; dry_run changes nothing."""
     now = time.time() if now is None else now
     window = _first_status_s(cfg) if first_status_s is None else float(first_status_s)
+    if not window > 0:  # 0 or less would delete every reporting VM the moment it is launched
+        raise UsageError(f"first status window {window:g} s: expected a number of seconds above 0")
     state = SessionState(cfg)
     result = ReconcileResult()
     registered, result.state_problem = _registered(cfg, state, on_warn)

@@ -78,3 +78,13 @@ def test_a_live_guard_decides_for_its_own_vm():
     assert awaits_first_status(entry(guarded=True), old, NOW, owner_alive=False, first_status_s=WINDOW)
     assert not awaits_first_status(None, vm(reports_status=True, status="TERMINATED", launched=0), NOW,
                                    owner_alive=False, first_status_s=WINDOW)
+
+
+def test_a_window_that_would_delete_every_launch_is_refused(tmp_path):
+    from lib.config import Config
+    from lib.errors import UsageError
+    from lib.reconcile import reconcile
+
+    cfg = Config.load({"backend": "local", "state_dir": str(tmp_path)}, env={}, path="")
+    with pytest.raises(UsageError):
+        reconcile(cfg, vms=[], first_status_s=0)
