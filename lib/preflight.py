@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lib import clients, compute, retry, storage
+from lib import clients, compute, retry, storage, vmplan
 from lib.config import Config
 
 # What ops-hpc does with the project, for testIamPermissions.
@@ -154,8 +154,8 @@ def check_iam(cfg: Config) -> Check:
 
 def check_quota(cfg: Config) -> Check:
     try:
-        mt = compute._machine_type(cfg, cfg.machine_type)
-        rows = compute.cpu_quota(cfg, cfg.machine_type, int(mt.guest_cpus), cfg.spot)
+        mt = vmplan.machine_type_info(cfg, cfg.machine_type)
+        rows = vmplan.cpu_quota(cfg, cfg.machine_type, int(mt.guest_cpus), cfg.spot)
     except Exception as exc:
         return Check("CPU quota", "fail", _msg(exc), "check machine_type and zone in ops-hpc.toml")
     short = [r for r in rows if not r["ok"]]

@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-MODULES = ["compute", "controls", "deadline", "guard", "images", "monitor", "preflight", "reconcile", "state",
+MODULES = ["compute", "vmplan", "controls", "deadline", "guard", "images", "monitor", "preflight", "reconcile", "state",
            "status", "sweep"]
 
 
