@@ -10,6 +10,7 @@ Entries hold names, ids, zones, times and the owner process (pid, start time, ho
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -35,9 +36,13 @@ def entry_owner(entry: dict[str, Any]) -> ProcessRef | None:
 
 
 def owner_alive(entry: dict[str, Any]) -> bool:
-    """True if the process that registered or guards the entry still runs (same pid AND start time)."""
+    """True if the process that registered or guards the entry still runs (same pid AND start time).
+
+    A process on another host (a state folder shared between PCs) cannot be checked: presumed alive, so
+    this PC never deletes a VM another PC's live guard answers for (the sweeper still does once overdue).
+    """
     ref = entry_owner(entry)
-    return ref is not None and ref.alive()
+    return ref is not None and ref.alive(foreign_stale_after=math.inf)
 
 
 class SessionState:

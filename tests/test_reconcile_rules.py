@@ -88,3 +88,23 @@ def test_a_window_that_would_delete_every_launch_is_refused(tmp_path):
     cfg = Config.load({"backend": "local", "state_dir": str(tmp_path)}, env={}, path="")
     with pytest.raises(UsageError):
         reconcile(cfg, vms=[], first_status_s=0)
+
+
+def test_owner_liveness_uses_pid_start_time_and_host():
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from lib.procs import ProcessRef
+    from lib.state import owner_alive
+
+    me = ProcessRef.current().to_dict()
+    assert owner_alive({"owner": me})
+    assert not owner_alive({"owner": {**me, "create_time": me["create_time"] - 100}})  # a reused pid
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert not owner_alive({"owner": {"pid": dead.pid, "create_time": None, "host": socket.gethostname(), "since": 0}})
+    assert owner_alive({"owner": {"pid": 1, "create_time": 1.0, "host": "another-pc", "since": 0}})  # cannot check
+    assert owner_alive({"owner_pid": os.getpid(), "owner_started": None})  # files written before the owner record
+    assert not owner_alive({})
