@@ -179,7 +179,8 @@ def has_first_status(cfg: Config, vm: Vm) -> bool | None:
         return None
 
 
-def _registered(cfg: Config, state: SessionState, on_warn: Log) -> tuple[dict[str, dict[str, Any]], str]:
+def _registered(state: SessionState, on_warn: Log) -> tuple[dict[str, dict[str, Any]], str]:
+    """The entries, or none and why: a corrupt file must not stop the label-based rows."""
     try:
         return state.vms(), ""
     except OpsError as exc:
@@ -198,7 +199,7 @@ def reconcile(cfg: Config, *, on_log: Log = quiet, on_warn: Log = quiet, vms: li
         raise UsageError(f"first status window {window:g} s: expected a number of seconds above 0")
     state = SessionState(cfg)
     result = ReconcileResult()
-    registered, result.state_problem = _registered(cfg, state, on_warn)
+    registered, result.state_problem = _registered(state, on_warn)
     live = {vm.name: vm for vm in (compute.list_vms(cfg) if vms is None else vms) if vm.ours}
     for name, known in registered.items():  # registered in another zone: look where it was created
         if name not in live and known.get("zone") and known["zone"] != cfg.zone:
@@ -237,7 +238,7 @@ def _apply(cfg: Config, state: SessionState, name: str, entry: Mapping[str, Any]
             on_warn(f"warning: job(s) {', '.join(row.interrupted)} on {name} were interrupted; rerun them")
         result.interrupted.append(Interrupted(name, row.interrupted))
     if row.do == DROP:
-        if dry_run or result.state_problem:
+        if dry_run:
             action = "would be " + action
         else:
             state.unregister_vm(name)
