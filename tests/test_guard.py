@@ -189,8 +189,10 @@ def test_sigkill_during_the_insert_then_status_keeps_the_entry_and_deletes_the_v
     """kill -9 while the insert is still queued: a reconcile (bin/status) before the VM appears keeps the entry
     (the insert may still land); once the VM exists, the dead guard's VM is deleted."""
     name = vms.name()
-    faults("compute", "stall", match=INSERT, seconds=4)  # the insert is executed 4 s after it arrives
+    faults("compute", "stall", match=INSERT, seconds=10)  # the insert is executed 10 s after it arrives
     proc = _child_inserting(vms, name)
+    arrived = lambda: any(f["kind"] == "stall" and f["hits"] for f in vms.cloud.admin("faults"))  # noqa: E731
+    assert poll_until(arrived, 20, 0.05), "the insert never reached the cloud"
     proc.kill()
     proc.wait(10)
     assert compute.get_vm(vms.cfg, name) is None  # not created yet
