@@ -39,8 +39,8 @@ lock: venv  ## regenerate this Python's lock file from the current .venv
 	@(echo '# Full resolved set from `pip freeze` (constraints for `make venv`). Regenerate with `make lock`.'; \
 	  $(PYTHON) -m pip freeze --exclude-editable) > $(LOCK)
 
-lint: venv  ## ruff check
-	$(BIN)/ruff check .
+lint: venv  ## ruff check, and mypy on lib/ (settings in pyproject.toml)
+	$(BIN)/ruff check . && $(BIN)/mypy
 
 test: lint  ## lint, then the whole test suite on the local cloud
 	$(PYTHON) -m pytest -q -n 2   # two workers, each with its own local cloud

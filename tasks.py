@@ -92,7 +92,7 @@ def setup(c):
     """Check credentials, project, APIs, OS Login, bucket (created if missing), IAM permissions and CPU quota."""
     from lib import preflight
 
-    checks = preflight.run_checks(_cfg())
+    checks = preflight.run_checks(_cfg(), on_check=lambda check: print(check.line()))
     failed = [ch for ch in checks if ch.status == "fail"]
     if failed:
         raise Exit(f"{len(failed)} check(s) failed: fix the lines marked FAIL and rerun `make setup`", code=1)
@@ -112,7 +112,7 @@ def cleanup(c, yes=False):
         return input(f"{question}\ntype 'yes' to continue: ").strip() == "yes"
 
     try:
-        result = sweep_mod.cleanup(_cfg(), confirm=confirm)
+        result = sweep_mod.cleanup(_cfg(), confirm=confirm, on_log=print)
     except OpsError as exc:
         raise Exit(f"error: {exc}", code=exc.code) from None
     if result.get("failed"):
@@ -264,9 +264,9 @@ def download(c, name="", path="", dest="."):
 @task(help={"name": "VM name"})
 def terminate(c, name=""):
     """Delete VM NAME now (ops-hpc VMs only)."""
-    from lib import push as push_lib
+    from lib import controls
 
-    _ops(push_lib.terminate, _cfg(), _need_name(name), on_log=print)
+    _ops(controls.delete_vm, _cfg(), _need_name(name), on_log=print)
 
 
 @task(help={"action": "list, archive, restore or delete", "name": "image name (archive/restore/delete)",
@@ -343,4 +343,4 @@ def stop_vm(c, name=""):
     """Delete VM NAME now: anything not pushed is lost."""
     from lib import controls
 
-    _ops(controls.stop_vm, _cfg(), _need_name(name), on_log=print)
+    _ops(controls.delete_vm, _cfg(), _need_name(name), on_log=print)

@@ -18,7 +18,7 @@ from lib.config import Config
 from lib.errors import OpsError, UsageError
 from lib.guard import VMGuard
 from lib.log import Log, quiet
-from lib.stage import new_run_id
+from lib.naming import new_run_id, vm_name
 
 BUILD_SCRIPT = paths.vm_script("build_opensees_full.sh")
 BUILT_BY = "opensees-hpc built"  # first words of BUILD_INFO (build_opensees_full.sh): the image's description
@@ -34,8 +34,9 @@ def build_image(cfg: Config, *, on_log: Log = print, on_progress: Progress | Non
                 state: Any = None) -> dict[str, Any]:
     """Build the opensees-hpc image and return it as a dict (name, family, created, size, ...)."""
     cfg = clients.resolve(cfg)
-    stamp = new_run_id().removeprefix("run-")  # YYYYMMDD-HHMMSS-xxxx
-    name = f"ops-hpc-build-{stamp}"
+    run_id = new_run_id()
+    stamp = run_id.removeprefix("run-")  # YYYYMMDD-HHMMSS-xxxx
+    name = vm_name(run_id, "build")
     image_name = image_name or f"{cfg.image_family}-{stamp}"
     line = on_line or (lambda text: on_log(f"  | {text}"))
 
@@ -70,7 +71,7 @@ def build_image(cfg: Config, *, on_log: Log = print, on_progress: Progress | Non
         step(6)
         compute.delete_vm(cfg, name, on_log=on_log, state=state)
         guard.disarm()
-    on_log(f"image {image['name']} is the newest in family {image['family']} (built on {vm.get('machine_type', '?')})")
+    on_log(f"image {image['name']} is the newest in family {image['family']} (built on {vm.machine_type or '?'})")
     return image
 
 

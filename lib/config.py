@@ -77,8 +77,10 @@ _ENDPOINT = _check(r"(https?://[^\s/]+(/\S*)?)?", "expected an http(s):// URL or
 _NAME = _check(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", "expected a lowercase resource name")
 
 
-def _opt(check: Callable[[str], str | None] | None, default: Any = "", doc: str = "") -> Any:
-    return field(default=default, metadata={"check": check, "doc": doc})
+def _opt(check: Callable[[str], str | None] | None, default: Any = "", doc: str = "", *,
+         minimum: float | None = None) -> Any:
+    """A setting; `minimum` for numbers whose smaller values would make a safety net fire early."""
+    return field(default=default, metadata={"check": check, "doc": doc, "minimum": minimum})
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class Config:
     network: str = _opt(_NAME, "default")
     subnetwork: str = _opt(None, "")
     use_iap: bool = _opt(None, False, "ssh through an IAP tunnel (VMs without external IPs)")
-    upload_timeout_min: int = _opt(None, 30, "minutes allowed for the last upload")
+    upload_timeout_min: int = _opt(None, 30, "minutes allowed for the last upload", minimum=1)
     sweep_grace_min: int = _opt(None, 15, "minutes past a VM's expected end before the sweeper deletes it")
     results_dir: str = _opt(None, "results")
     max_unzipped_gb: float = _opt(None, 100.0, "largest total a result zip may inflate to (GB); larger is refused")
@@ -190,6 +192,10 @@ class Config:
             values.setdefault("project", LOCAL_PROJECT)
             values.setdefault("bucket", "ops-hpc-local")
         config = cls(**values)
+        if not config.local and config.time_scale != 1.0:  # scaled deadlines on real VMs would fire early
+            source = raw.get("time_scale", (None, "default"))[1]
+            raise ConfigError(f"time_scale = {config.time_scale:g} from {source}: only the local cloud's clocks can "
+                              "run faster; remove it for backend gcp")
         if config.project:
             problem = _PROJECT(config.project)
             if problem:
@@ -221,6 +227,10 @@ def _coerce(cls: type[Config], name: str, value: Any, source: str) -> Any:
             raise ConfigError(f"{where}: expected a non-negative {'whole number' if kind is int else 'number'}")
         if name in ("time_scale", "max_unzipped_gb") and number <= 0:
             raise ConfigError(f"{where}: expected a number above 0")
+        minimum = spec.metadata.get("minimum")
+        if minimum is not None and number < minimum:
+            raise ConfigError(f"{where}: expected at least {minimum:g} (less would delete VMs before their "
+                              "results are safe)")
         return number
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected text")

@@ -5,7 +5,7 @@
                (zips whose upload failed, under /opt/ops-hpc/work/RUN/); the VM stays
     rescue_stranded  copy those zips from the VM over ssh and upload them from the PC (run-staged's follower
                calls it before it deletes a VM that reports stranded results)
-    stop_vm    delete the VM now (anything not pushed is lost)
+    delete_vm  delete the VM now (anything not pushed is lost)
 
 Each does exactly that and returns what it did, so a bin script, an invoke task or a front end can
 report it. A running `make run` notices: the killed job ends (its partial results are pushed as usual);
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lib import clients, push, ssh, storage
+from lib import clients, compute, push, ssh, storage
 from lib.config import Config
 from lib.errors import OpsError
 from lib.log import Log, quiet
@@ -29,7 +29,7 @@ from lib.log import Log, quiet
 WORK = "/opt/ops-hpc/work"  # run_analysis.sh's folder: WORK/RUN_ID/MODEL.zip is a result not yet uploaded
 
 
-def abort(cfg: Config, name: str, *, on_log: Log = print, grace_s: int = 5, install: bool = True) -> int:
+def abort(cfg: Config, name: str, *, on_log: Log = quiet, grace_s: int = 5, install: bool = True) -> int:
     """Kill every OpenSees process on VM `name` (TERM, then KILL after grace_s); returns how many."""
     cfg = clients.resolve(cfg)
     if install:
@@ -44,7 +44,7 @@ def abort(cfg: Config, name: str, *, on_log: Log = print, grace_s: int = 5, inst
     return killed
 
 
-def emergency(cfg: Config, name: str, *, on_log: Log = print, method: str = "auto",
+def emergency(cfg: Config, name: str, *, on_log: Log = quiet, method: str = "auto",
               kill: bool = True) -> dict[str, Any]:
     """Kill OpenSees (so files stop changing), then push every analysis folder on the disk; the VM stays."""
     cfg = clients.resolve(cfg)
@@ -53,7 +53,7 @@ def emergency(cfg: Config, name: str, *, on_log: Log = print, method: str = "aut
     pushed = push.push(cfg, name, on_log=on_log, method=method, install=False)
     rescued = rescue_stranded(cfg, name, on_log=on_log)
     on_log(f"emergency: {len(pushed)} folder(s) and {len(rescued)} stranded result(s) in gs://{cfg.bucket_name}; "
-           f"VM {name} is still running: `make pull`, then `make stop-vm NAME={name}`")
+           f"VM {name} is still running: `make pull`, then `make delete-vm NAME={name}`")
     return {"killed": killed, "pushed": pushed, "rescued": rescued}
 
 
@@ -95,7 +95,14 @@ def rescue_stranded(cfg: Config, name: str, *, on_log: Log = quiet) -> list[str]
     return rescued
 
 
-def stop_vm(cfg: Config, name: str, *, on_log: Log = print, on_confirm: Callable[[str], bool] | None = None,
-            force: bool = False) -> bool:
-    """Delete VM `name` now; False if it was already gone or the user declined."""
-    return push.terminate(cfg, name, on_log=on_log, on_confirm=on_confirm, force=force)
+def delete_vm(cfg: Config, name: str, *, on_log: Log = quiet, on_confirm: Callable[[str], bool] | None = None,
+              force: bool = False) -> bool:
+    """The operator's "delete now": delete VM `name` (ours only unless force) after `on_confirm` says yes;
+    False if it was already gone or the user declined. compute.delete_vm is the primitive under it."""
+    if on_confirm is not None and not on_confirm(f"delete VM {name} now? Anything not pushed to the bucket is lost"):
+        on_log("nothing deleted")
+        return False
+    deleted = compute.delete_vm(cfg, name, force=force, on_log=on_log)
+    if not deleted:
+        on_log(f"VM {name} does not exist (already deleted)")
+    return deleted

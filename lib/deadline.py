@@ -25,17 +25,21 @@ from lib import jsonfile
 from lib.config import Config
 from lib.errors import OpsError, Refused, UsageError
 from lib.log import Log, quiet
+from lib.procs import ProcessRef
 
 CHECK_S = 2.0
 
 
 class Deadline:
-    """A job's time limit; `minute_s` scales minutes to seconds (60 in production, small in tests)."""
+    """A job's time limit. `time_scale` is the one clock knob (as in config): how many times faster than real
+    time minutes pass (1 in production; tests make a minute last a few seconds). minute_s derives from it."""
 
-    def __init__(self, minutes: float, *, minute_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, minutes: float, *, time_scale: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         if minutes <= 0:
             raise ValueError("a deadline needs a positive number of minutes")
-        self.minute_s = float(minute_s)
+        if not time_scale > 0:
+            raise ValueError("time_scale must be above 0")
+        self.minute_s = 60.0 / float(time_scale)
         self._clock = clock
         self._lock = threading.Lock()
         self._start = clock()
@@ -78,13 +82,10 @@ def channel_dir(cfg: Config) -> Path:
     return cfg.state_path / "deadlines"
 
 
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+def _runner_alive(data: dict[str, Any]) -> bool:
+    """The job's runner still runs: same pid AND start time (a reused pid is not the runner)."""
+    ref = ProcessRef.from_dict(data.get("owner"))
+    return ref is not None and ref.alive()
 
 
 class Channel:
@@ -96,7 +97,8 @@ class Channel:
 
     def publish(self, deadline: Deadline) -> None:
         jsonfile.write_atomic(self.path, {
-            "vm": self.vm, "job": self.job, "pid": os.getpid(), "requested_min": 0, "applied_min": 0,
+            "vm": self.vm, "job": self.job, "pid": os.getpid(), "owner": ProcessRef.current().to_dict(),
+            "requested_min": 0, "applied_min": 0,
             "minute_s": deadline.minute_s, "end": deadline.end_epoch(), "max_run_end": self.max_run_end,
         })
         # the lock is taken for every later edit; creating the file above happens before anyone can see it
@@ -127,12 +129,12 @@ def running_jobs(cfg: Config) -> list[dict[str, Any]]:
     folder = channel_dir(cfg)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         data = jsonfile.read(path, None)
-        if data and _alive(int(data.get("pid", 0))):
+        if data and _runner_alive(data):
             out.append({**data, "path": str(path)})
     return out
 
 
-def request_extension(cfg: Config, minutes: float, *, name: str | None = None, on_log: Log = print,
+def request_extension(cfg: Config, minutes: float, *, name: str | None = None, on_log: Log = quiet,
                       on_warn: Log | None = None) -> list[dict[str, Any]]:
     """Ask the running job(s) (of VM `name`, or every one) for `minutes` more; returns what was asked of whom."""
     if minutes <= 0:

@@ -10,7 +10,8 @@
 | kill -9 / taskkill /F / power cut   | nothing here: session_state.json + reconcile, bin/sweep, and Google's maxRunDuration |
 
 Deletion goes through compute.delete_vm: idempotent and label-checked, so a guard can never delete a
-VM that is not ops-hpc's. `disarm()` after a deliberate delete prevents a second one.
+VM that is not ops-hpc's. Fired while this process's insert of the VM is still in flight, it first waits
+for that insert (compute.settle_insert) so it deletes what the insert creates instead of "nothing yet". `disarm()` after a deliberate delete prevents a second one.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import atexit
 import os
 import signal
 import threading
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+from lib import compute
 from lib.config import Config
+from lib.log import Log, quiet
+from lib.state import SessionState
 
 IS_WINDOWS = os.name == "nt"
 CTRL_C_EVENT, CTRL_BREAK_EVENT, CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT, CTRL_SHUTDOWN_EVENT = 0, 1, 2, 5, 6
@@ -36,7 +39,7 @@ def _signals() -> list[int]:
 
 def _load_ctypes() -> Any:
     """ctypes, behind a function so tests can hand in a fake kernel32 on Linux."""
-    import ctypes
+    import ctypes  # Windows console handling only: imported where it is used
 
     return ctypes
 
@@ -44,7 +47,7 @@ def _load_ctypes() -> Any:
 class VMGuard:
     """`with VMGuard(cfg, name) as guard:` deletes VM `name` however the block or the process ends."""
 
-    def __init__(self, cfg: Config, name: str, *, on_log: Callable[[str], None] = print, state: Any = None) -> None:
+    def __init__(self, cfg: Config, name: str, *, on_log: Log = quiet, state: SessionState | None = None) -> None:
         self.cfg = cfg
         self.name = name
         self.on_log = on_log
@@ -71,7 +74,7 @@ class VMGuard:
             self._install_console_handler()
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         try:
             reason = "normal exit" if exc_type is None else f"{exc_type.__name__} in the guarded block"
             self.cleanup(reason)
@@ -88,8 +91,6 @@ class VMGuard:
     def _mark(self, guarded: bool) -> None:
         """Record in session state that this process answers for the VM (so a kill -9 is recoverable)."""
         try:
-            from lib.state import SessionState
-
             (self.state or SessionState(self.cfg)).set_guarded(self.name, guarded)
         except Exception as exc:
             self.on_log(f"VMGuard: could not update session state: {exc}")
@@ -102,8 +103,8 @@ class VMGuard:
             self.armed = False
         self.on_log(f"VMGuard: deleting VM {self.name} ({reason})")
         try:
-            from lib import compute
-
+            # Interrupted mid-insert: the VM may appear a moment after this; wait for the insert, then delete.
+            compute.settle_insert(self.name, on_log=self.on_log)
             self.deleted = compute.delete_vm(self.cfg, self.name, on_log=self.on_log, state=self.state)
             if not self.deleted:
                 self.on_log(f"VMGuard: VM {self.name} was already gone")

@@ -14,7 +14,7 @@ from typing import Any
 from lib import clients, compute, retry
 from lib.config import Config
 from lib.errors import OpsError, Refused
-from lib.log import Log
+from lib.log import Log, quiet
 
 LABELS = {"ops-hpc": "true", "ops-hpc-kind": "opensees-hpc"}
 OP_TIMEOUT_S = 1800.0  # imaging a 200 GB disk takes minutes on GCP
@@ -44,7 +44,7 @@ def _project(cfg: Config) -> str:
 
 
 def get_image(cfg: Config, name: str) -> dict[str, Any] | None:
-    from google.api_core import exceptions as gexc
+    from google.api_core import exceptions as gexc  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     try:
@@ -67,9 +67,9 @@ def list_images(cfg: Config, *, all_images: bool = False) -> list[dict[str, Any]
 
 
 def create_from_disk(cfg: Config, source_disk: str, image_name: str, *, description: str = "",
-                     on_log: Log = print) -> dict[str, Any]:
+                     on_log: Log = quiet) -> dict[str, Any]:
     """An image in cfg.image_family from a (stopped) VM's boot disk, labelled ours."""
-    from google.cloud import compute_v1 as c
+    from google.cloud import compute_v1 as c  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     body = c.Image(name=image_name, family=cfg.image_family, source_disk=source_disk, labels=dict(LABELS),
@@ -97,7 +97,7 @@ def _require_ours(cfg: Config, name: str, verb: str) -> dict[str, Any]:
 
 
 def _deprecate(cfg: Config, name: str, state: str) -> None:
-    from google.cloud import compute_v1 as c
+    from google.cloud import compute_v1 as c  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     status = c.DeprecationStatus(state=state)
@@ -107,7 +107,7 @@ def _deprecate(cfg: Config, name: str, state: str) -> None:
     compute.wait_operation(op, f"setting image {name} to {state}", timeout=OP_TIMEOUT_S)
 
 
-def archive(cfg: Config, name: str, *, on_log: Log = print) -> dict[str, Any]:
+def archive(cfg: Config, name: str, *, on_log: Log = quiet) -> dict[str, Any]:
     """Deprecate: the family stops choosing it; runs fall back to the previous image (if any)."""
     _require_ours(cfg, name, "archive")
     _deprecate(cfg, name, "DEPRECATED")
@@ -115,7 +115,7 @@ def archive(cfg: Config, name: str, *, on_log: Log = print) -> dict[str, Any]:
     return get_image(cfg, name) or {}
 
 
-def restore(cfg: Config, name: str, *, on_log: Log = print) -> dict[str, Any]:
+def restore(cfg: Config, name: str, *, on_log: Log = quiet) -> dict[str, Any]:
     """Clear the deprecation: the image is eligible for its family again."""
     _require_ours(cfg, name, "restore")
     _deprecate(cfg, name, "ACTIVE")
@@ -123,14 +123,14 @@ def restore(cfg: Config, name: str, *, on_log: Log = print) -> dict[str, Any]:
     return get_image(cfg, name) or {}
 
 
-def delete(cfg: Config, name: str, *, on_log: Log = print,
+def delete(cfg: Config, name: str, *, on_log: Log = quiet,
            on_confirm: Callable[[str], bool] | None = None) -> bool:
     """Delete one of our images (after on_confirm, when given); False if the user declined."""
     image = _require_ours(cfg, name, "delete")
     if on_confirm is not None and not on_confirm(f"delete image {name} (created {image['created']})?"):
         on_log("nothing deleted")
         return False
-    from google.cloud import compute_v1 as c
+    from google.cloud import compute_v1 as c  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     request = c.DeleteImageRequest(project=_project(cfg), image=name, request_id=str(uuid.uuid4()))

@@ -13,7 +13,7 @@ from typing import Any
 
 from lib import clients, compute, retry, ssh
 from lib.config import Config
-from lib.errors import OpsError, Refused
+from lib.errors import OpsError, Refused, UsageError
 
 METRICS = {
     "cpu_percent": ("compute.googleapis.com/instance/cpu/utilization", 100.0),  # fraction of the vCPUs
@@ -23,10 +23,10 @@ METRICS = {
 WINDOW_S = 300
 
 
-def from_monitoring(cfg: Config, vm: dict[str, Any], *, window_s: int = WINDOW_S,
+def from_monitoring(cfg: Config, vm: compute.Vm, *, window_s: int = WINDOW_S,
                     now: float | None = None) -> dict[str, float]:
     """The newest point of each metric in the last window_s seconds (figures without points are left out)."""
-    from google.cloud import monitoring_v3
+    from google.cloud import monitoring_v3  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     client = clients.monitoring(cfg)
@@ -35,7 +35,7 @@ def from_monitoring(cfg: Config, vm: dict[str, Any], *, window_s: int = WINDOW_S
     out: dict[str, float] = {}
     for key, (metric, scale) in METRICS.items():
         request = {"name": f"projects/{cfg.project}",
-                   "filter": f'metric.type = "{metric}" AND resource.labels.instance_id = "{vm["id"]}"',
+                   "filter": f'metric.type = "{metric}" AND resource.labels.instance_id = "{vm.id}"',
                    "interval": interval,
                    "view": monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL}
 
@@ -97,13 +97,13 @@ def sample(cfg: Config, name: str, *, window_s: int = WINDOW_S, sample_s: float 
     figures = from_monitoring(cfg, vm, window_s=window_s)
     source = dict.fromkeys(figures, "monitoring")
     missing = [k for k in METRICS if k not in figures]
-    if missing and vm["status"] == "RUNNING":
+    if missing and vm.status == "RUNNING":
         fallback = from_ssh(cfg, name, sample_s=sample_s)
         for key in missing:
             if key in fallback:
                 figures[key] = fallback[key]
                 source[key] = "ssh"
-    return {"vm": name, "status": vm["status"], "time": time.time(), **{k: figures.get(k) for k in METRICS},
+    return {"vm": name, "status": vm.status, "time": time.time(), **{k: figures.get(k) for k in METRICS},
             "source": source}
 
 
@@ -120,6 +120,8 @@ def format_sample(s: dict[str, Any]) -> str:
 def follow(cfg: Config, name: str, *, on_metrics: Callable[[dict[str, Any]], None], interval: float = 10.0,
            count: int | None = None, sleep: Callable[[float], None] = time.sleep, sample_s: float = 1.0) -> int:
     """Sample every `interval` s until the VM is gone (or `count` samples); returns how many were taken."""
+    if not interval > 0:
+        raise UsageError(f"interval {interval:g} s: expected a number of seconds above 0")
     taken = 0
     while count is None or taken < count:
         try:

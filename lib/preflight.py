@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lib import clients, compute, retry, storage
+from lib import clients, compute, retry, storage, vmplan
 from lib.config import Config
 
 # What ops-hpc does with the project, for testIamPermissions.
@@ -70,7 +70,7 @@ def check_apis(cfg: Config) -> list[Check]:
     except Exception as exc:
         out.append(Check("Cloud Storage API", "fail", _msg(exc), "gcloud services enable storage.googleapis.com"))
     try:
-        from google.cloud import monitoring_v3
+        from google.cloud import monitoring_v3  # heavy: imported at first use, keeps --help fast
 
         now = time.time()
         request = monitoring_v3.ListTimeSeriesRequest(
@@ -125,7 +125,7 @@ def check_iam(cfg: Config) -> Check:
     if cfg.local:
         return Check("IAM permissions", "skip", "skipped on local cloud (no IAM)")
     try:
-        from google.auth.transport.requests import AuthorizedSession
+        from google.auth.transport.requests import AuthorizedSession  # heavy: imported at first use, keeps --help fast
 
         session = AuthorizedSession(clients.credentials(cfg))
         url = f"https://cloudresourcemanager.googleapis.com/v1/projects/{cfg.project}:testIamPermissions"
@@ -133,7 +133,7 @@ def check_iam(cfg: Config) -> Check:
         def ask() -> Any:
             resp = session.post(url, json={"permissions": list(PERMISSIONS)}, timeout=30)
             if resp.status_code in (429, 500, 502, 503, 504):
-                from google.api_core import exceptions as gexc
+                from google.api_core import exceptions as gexc  # heavy: imported at first use, keeps --help fast
 
                 raise gexc.from_http_status(resp.status_code, resp.text[:200])
             resp.raise_for_status()
@@ -154,8 +154,8 @@ def check_iam(cfg: Config) -> Check:
 
 def check_quota(cfg: Config) -> Check:
     try:
-        mt = compute._machine_type(cfg, cfg.machine_type)
-        rows = compute.cpu_quota(cfg, cfg.machine_type, int(mt.guest_cpus), cfg.spot)
+        mt = vmplan.machine_type_info(cfg, cfg.machine_type)
+        rows = vmplan.cpu_quota(cfg, cfg.machine_type, int(mt.guest_cpus), cfg.spot)
     except Exception as exc:
         return Check("CPU quota", "fail", _msg(exc), "check machine_type and zone in ops-hpc.toml")
     short = [r for r in rows if not r["ok"]]
@@ -166,13 +166,14 @@ def check_quota(cfg: Config) -> Check:
     return Check("CPU quota", "ok", f"{cfg.machine_type} ({int(mt.guest_cpus)} vCPUs) fits in {cfg.region_name}: {text}")
 
 
-def run_checks(cfg: Config, *, on_check: Callable[[Check], None] = lambda c: print(c.line())) -> list[Check]:
+def run_checks(cfg: Config, *, on_check: Callable[[Check], None] | None = None) -> list[Check]:
     """Every check, in order, each reported as it finishes; returns them all."""
     checks: list[Check] = []
 
     def add(check: Check) -> None:
         checks.append(check)
-        on_check(check)
+        if on_check is not None:
+            on_check(check)
 
     add(check_credentials(cfg))
     if checks[-1].status == "fail":

@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lib import clients, compute, paths, ssh
+from lib import clients, paths, ssh
 from lib.config import Config
 from lib.errors import OpsError, Refused, UsageError
 from lib.log import Log, quiet
@@ -112,15 +112,3 @@ def download(cfg: Config, name: str, remote_path: str, dest: Path, *, limit: int
     target = ssh.download(cfg, name, path, Path(dest))
     on_log(f"downloaded {name}:{path} -> {target} ({size} bytes)")
     return target
-
-
-def terminate(cfg: Config, name: str, *, on_log: Log = print, on_confirm: Callable[[str], bool] | None = None,
-              force: bool = False) -> bool:
-    """Delete the VM now (ours only unless force); False if it was already gone or the user declined."""
-    if on_confirm is not None and not on_confirm(f"delete VM {name} now? Anything not pushed to the bucket is lost"):
-        on_log("nothing deleted")
-        return False
-    deleted = compute.delete_vm(cfg, name, force=force, on_log=on_log)
-    if not deleted:
-        on_log(f"VM {name} was already gone")
-    return deleted

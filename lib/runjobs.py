@@ -28,7 +28,7 @@ from lib.deadline import CHECK_S, Channel, Deadline, Watchdog
 from lib.errors import OpsError
 from lib.guard import VMGuard
 from lib.log import Log
-from lib.stage import new_run_id
+from lib.naming import new_run_id, vm_name
 from lib.state import SessionState
 
 PID_DIR = "/tmp/ops-hpc/jobs"
@@ -88,7 +88,7 @@ def run_jobs(
     name: str | None = None,
     image: str | None = None,
     log_dir: Path | None = None,
-    minute_s: float = 60.0,
+    time_scale: float = 1.0,
     check_s: float = CHECK_S,
     ssh_timeout: float = 600.0,
     push_method: str = "auto",
@@ -96,12 +96,13 @@ def run_jobs(
 ) -> RunResult:
     """Run every job of `jobs_file` on one new VM; returns each job's outcome. The VM is deleted however it ends.
 
-    image: NAME or family/F (default: the newest of cfg.image_family). minute_s scales the jobs' minutes (tests use a few seconds per "minute"); check_s is the watchdog period.
+    image: NAME or family/F (default: the newest of cfg.image_family). time_scale makes the jobs' minutes pass that many times faster (tests: a few seconds per "minute"); check_s is the watchdog period.
     """
     batch = parse_batch(jobs_file)
+    minute_s = 60.0 / time_scale  # the one clock knob is time_scale, as in config and Deadline
     cfg = clients.resolve(cfg)
     run_id = new_run_id()
-    name = name or f"ops-hpc-{run_id}"
+    name = name or vm_name(run_id)
     state = state or SessionState(cfg)
     log_dir = Path(log_dir) if log_dir else cfg.state_path / "logs" / run_id
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +154,7 @@ def _run_one(cfg: Config, name: str, job: Model, result: JobResult, spec: comput
     log_path = log_dir / f"{job.name}.log"
     result.log = str(log_path)
     state.job_started(name, job.name)
-    deadline = Deadline(job.timeout_min, minute_s=minute_s)
+    deadline = Deadline(job.timeout_min, time_scale=60.0 / minute_s)
     if on_deadline is not None:
         on_deadline(deadline)
 

@@ -30,10 +30,11 @@ from typing import Any
 
 import tenacity
 
-from lib import clients, retry
+from lib import clients, compute, retry
 from lib.config import Config
 from lib.errors import OpsError, UsageError
 from lib.log import Log, quiet
+from lib.polling import poll_until
 
 Line = Log  # one line of remote output
 SSH_CONNECT_FAILED = 255  # ssh's own exit status when it never reached the remote command
@@ -293,25 +294,26 @@ def wait_for_ssh(cfg: Config, name: str, timeout: float = 300.0, *, on_log: Line
     started = clock()
     last = ""
     on_log(f"waiting for ssh on {name} (up to {timeout:.0f} s)")
-    while True:
+
+    def answers() -> bool:
+        nonlocal last
         lines: list[str] = []
         try:
             code = run(cfg, name, "true", on_line=lines.append)
         except OpsError as exc:  # e.g. the VM is gone: waiting longer cannot help
             raise OpsError(f"VM {name} is not reachable over ssh: {exc}") from None
         if code == 0:
-            waited = clock() - started
-            on_log(f"ssh to {name} ready after {waited:.0f} s")
-            return waited
+            return True
         last = " | ".join(x for x in lines[-3:] if x) or f"exit {code}"
-        if code != SSH_CONNECT_FAILED and not cfg.local:  # gcloud itself failed: is the VM still there?
-            from lib import compute
+        # gcloud itself failed: is the VM still there?
+        if code != SSH_CONNECT_FAILED and not cfg.local and compute.get_vm(cfg, name) is None:
+            raise OpsError(f"VM {name} is gone (deleted or preempted) while waiting for ssh: {last}")
+        return False
 
-            if compute.get_vm(cfg, name) is None:
-                raise OpsError(f"VM {name} is gone (deleted or preempted) while waiting for ssh: {last}")
-        if clock() - started + interval > timeout:
-            break
-        sleep(interval)
+    if poll_until(answers, timeout, interval, sleep=sleep, clock=clock):
+        waited = clock() - started
+        on_log(f"ssh to {name} ready after {waited:.0f} s")
+        return waited
     raise OpsError(f"VM {name} did not accept ssh within {timeout:.0f} s (last: {last}). "
                    f"Check: {ssh_hints(cfg, name)}. The VM is deleted by its guard.")
 

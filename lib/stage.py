@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import secrets
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -25,8 +24,8 @@ from typing import Any
 from lib import paths, storage
 from lib.batches import Batch, Model
 from lib.config import Config
-from lib.errors import UsageError
 from lib.log import Log, quiet
+from lib.naming import check_run_id, new_run_id
 
 UPLOADS = "_uploads"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -34,26 +33,6 @@ ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 SKIP_FILES = {"MANIFEST.json", "opensees.log", "download_state.json"}
 SKIP_SUFFIXES = (".zip", ".part", ".pyc")
 SKIP_DIRS = {"__pycache__", "results"}
-
-
-def new_run_id(now: dt.datetime | None = None) -> str:
-    """run-YYYYMMDD-HHMMSS-xxxx: sortable, unique enough, valid as a GCE label value and inside VM names."""
-    now = now or dt.datetime.now(dt.timezone.utc)
-    return f"run-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
-def check_run_id(run_id: str) -> str:
-    import re
-
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{2,40}", run_id or ""):
-        raise UsageError(f"run id {run_id!r}: use 3-41 lowercase letters, digits and '-' (e.g. run-20260121-093000-ab12)")
-    return run_id
-
-
-def vm_name(run_id: str, index: int | None = None) -> str:
-    """ops-hpc-<run id without 'run-'>[-N]: the VM names of a run (N for fan-out shards and relaunches)."""
-    short = run_id[4:] if run_id.startswith("run-") else run_id
-    return f"ops-hpc-{short}" + (f"-{index}" if index is not None else "")
 
 
 def prefix(run_id: str) -> str:
@@ -237,7 +216,7 @@ def tidy_finished_runs(cfg: Config, *, grace_s: float = TIDY_GRACE_S, abandon_s:
     if not runs:
         return []
     try:
-        busy = {v.get("run_id") for v in compute.list_vms(cfg)}
+        busy = {v.run_id for v in compute.list_vms(cfg)}
     except Exception as exc:  # without the VM list nothing is known to be over: remove nothing, say why
         on_log(f"not tidying finished runs: could not list VMs ({exc})")
         return []

@@ -11,8 +11,11 @@ import time
 from typing import Any
 
 from lib import clients, compute, pricing, retry, storage
+from lib.compute import Vm
 from lib.config import Config
-from lib.log import Log
+from lib.errors import OpsError
+from lib.log import Log, quiet
+from lib.reconcile import reconcile
 from lib.state import SessionState
 
 UPTIME = "compute.googleapis.com/instance/uptime"
@@ -22,28 +25,26 @@ def image_info(cfg: Config) -> dict[str, Any] | None:
     """Newest image of the analysis family, or None if there is none (yet)."""
     try:
         img = compute.resolve_image(cfg, "analysis")
-    except Exception as exc:
-        if "not found" in str(exc):
-            return None
-        raise
+    except compute.ImageNotFound:
+        return None
     return {"family": cfg.image_family, "project": cfg.image_project_id, "name": img.name,
             "created": img.creation_timestamp, "disk_size_gb": int(img.disk_size_gb or 0),
             "archive_size_bytes": int(img.archive_size_bytes or 0), "status": img.status}
 
 
-def vm_rows(cfg: Config, vms: list[dict[str, Any]], *, now: float | None = None) -> list[dict[str, Any]]:
+def vm_rows(cfg: Config, vms: list[Vm], *, now: float | None = None) -> list[dict[str, Any]]:
     """Each VM with uptime, minutes left before its expected end and before its max run duration, cost so far."""
     now = time.time() if now is None else now
     rows = []
     for vm in vms:
-        running = vm["status"] == "RUNNING" and vm.get("last_start_epoch")
-        uptime = max(0.0, now - vm["last_start_epoch"]) if running else 0.0
-        hourly = pricing.hourly(cfg, vm["machine_type"], spot=vm["spot"])
+        running = vm.status == "RUNNING" and vm.last_start_epoch is not None
+        uptime = max(0.0, now - vm.last_start_epoch) if running and vm.last_start_epoch is not None else 0.0
+        hourly = pricing.hourly(cfg, vm.machine_type, spot=vm.spot)
         rows.append({
-            "name": vm["name"], "status": vm["status"], "machine_type": vm["machine_type"], "spot": vm["spot"],
-            "kind": vm.get("kind", ""), "run_id": vm.get("run_id", ""), "uptime_s": int(uptime),
-            "left_expected_s": int(vm["expected_end"] - now) if vm.get("expected_end") else None,
-            "left_max_run_s": int(vm["max_run_end"] - now) if vm.get("max_run_end") and running else None,
+            "name": vm.name, "status": vm.status, "machine_type": vm.machine_type, "spot": vm.spot,
+            "kind": vm.kind, "run_id": vm.run_id, "uptime_s": int(uptime),
+            "left_expected_s": int(vm.expected_end - now) if vm.expected_end else None,
+            "left_max_run_s": int(vm.max_run_end - now) if vm.max_run_end and running else None,
             "usd_per_hour": hourly, "cost_so_far_usd": None if hourly is None else round(hourly * uptime / 3600, 2),
         })
     return rows
@@ -69,7 +70,7 @@ def bucket_info(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
 
 def usage(cfg: Config, *, days: int = 30, now: float | None = None) -> dict[str, Any]:
     """Per-VM uptime over the last `days` from Monitoring's uptime metric, priced by machine type."""
-    from google.cloud import monitoring_v3
+    from google.cloud import monitoring_v3  # heavy: imported at first use, keeps --help fast
 
     cfg = clients.resolve(cfg)
     now = time.time() if now is None else now
@@ -85,15 +86,20 @@ def usage(cfg: Config, *, days: int = 30, now: float | None = None) -> dict[str,
         view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
     )
     series = retry.listing(client.list_time_series, request=request)
-    live = {vm["name"]: vm for vm in compute.list_vms(cfg, ours_only=False)}
-    history = SessionState(cfg).history()
+    known: dict[str, dict[str, Any]] = {}
+    try:
+        known.update(SessionState(cfg).history())
+    except OpsError:  # an unreadable state file: machine types of live VMs only
+        pass
+    known.update({vm.name: {"machine_type": vm.machine_type, "spot": vm.spot}
+                  for vm in compute.list_vms(cfg, ours_only=False)})
     per_vm: dict[str, dict[str, Any]] = {}
     for ts in series:
         name = ts.metric.labels.get("instance_name", ts.resource.labels.get("instance_id", "?"))
         seconds = sum(p.value.double_value or p.value.int64_value for p in ts.points)
-        known = live.get(name) or history.get(name) or {}
-        machine = known.get("machine_type", "")
-        row = per_vm.setdefault(name, {"name": name, "machine_type": machine or "unknown", "spot": bool(known.get("spot")),
+        info = known.get(name, {})
+        machine = info.get("machine_type", "")
+        row = per_vm.setdefault(name, {"name": name, "machine_type": machine or "unknown", "spot": bool(info.get("spot")),
                                        "seconds": 0.0, "hours": 0.0, "cost_usd": None})
         row["seconds"] += seconds
     total = 0.0
@@ -108,18 +114,36 @@ def usage(cfg: Config, *, days: int = 30, now: float | None = None) -> dict[str,
             "prices": pricing.note(cfg)}
 
 
-def status(cfg: Config, *, with_usage: bool = False, on_log: Log = print, on_warn: Log = print) -> dict[str, Any]:
-    """Everything `status` shows; sections that fail are reported as errors, not fatal (so the rest still shows)."""
-    from lib.state import reconcile
+def quarantine_state(cfg: Config, *, on_warn: Log = quiet) -> str:
+    """A corrupt session state file is moved aside with a timestamp (never deleted); the path, or ''."""
+    try:
+        moved = SessionState(cfg).quarantine()
+    except OSError as exc:
+        on_warn(f"warning: session state is unreadable and could not be moved aside: {exc}")
+        return ""
+    if moved is None:
+        return ""
+    on_warn(f"warning: session state {SessionState(cfg).path} was not valid JSON: moved aside to {moved} "
+            "(kept for inspection); starting a new one, the VMs' labels say what runs")
+    return str(moved)
 
+
+def status(cfg: Config, *, with_usage: bool = False, on_log: Log = quiet, on_warn: Log = quiet,
+           first_status_s: float | None = None) -> dict[str, Any]:
+    """Everything `status` shows; sections that fail are reported as errors, not fatal (so the rest still shows).
+
+    Runs reconcile, which can delete VMs (a dead guard's, or one that never reported): see lib/reconcile.py.
+    """
     cfg = clients.resolve(cfg)
     out: dict[str, Any] = {"project": cfg.project, "zone": cfg.zone, "prices": pricing.note(cfg), "errors": []}
+    out["state_moved_aside"] = quarantine_state(cfg, on_warn=on_warn)
     vms = compute.list_vms(cfg, ours_only=False)
-    out["reconcile"] = reconcile(cfg, on_log=on_log, on_warn=on_warn, vms=vms)
-    gone = set(out["reconcile"]["deleted"])
-    ours = [v for v in vms if v["ours"] and v["name"] not in gone]
+    rec = reconcile(cfg, on_log=on_log, on_warn=on_warn, vms=vms, first_status_s=first_status_s)
+    out["reconcile"] = rec.to_dict()
+    gone = set(rec.deleted)
+    ours = [v for v in vms if v.ours and v.name not in gone]
     out["vms"] = vm_rows(cfg, ours)
-    out["other_vms"] = sorted(v["name"] for v in vms if not v["ours"])
+    out["other_vms"] = sorted(v.name for v in vms if not v.ours)
     for key, fn in (("image", image_info), ("bucket", bucket_info)):
         try:
             out[key] = fn(cfg)

@@ -6,8 +6,10 @@ Rules, in order, for every VM of the configured zone (and the zones session stat
 3. past `ops-hpc-end` + grace minutes -> deleted: the run is overdue (the later of the label and session state wins,
                                          so a deadline extension recorded in either is respected)
 4. otherwise (live and on time)       -> left alone, whoever runs it
-Session state is reconciled first (which also deletes VMs whose guarding process died uncleanly), and
-a lock in the state dir makes concurrent sweeps safe: the second one reports the first and does nothing.
+Session state is reconciled first (lib/reconcile.py: it also deletes VMs whose guarding process died
+uncleanly, and labelled VMs that never reported a first status), and a lock in the state dir makes
+concurrent sweeps safe: the second one reports the first and does nothing. A corrupt session state file
+is reported and the labels decide: the sweeper never needs it.
 """
 
 from __future__ import annotations
@@ -19,34 +21,42 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from filelock import FileLock, Timeout
 
 from lib import clients, compute, paths
+from lib.compute import Vm
 from lib.config import Config
-from lib.log import Log
-from lib.state import SessionState, reconcile
+from lib.errors import OpsError, UsageError
+from lib.log import Log, quiet
+from lib.reconcile import ReconcileResult, reconcile
+from lib.state import SessionState
 
 LOCK_FILE = "sweep.lock"
 LOG_FILE = "sweep.log"
 TASK_NAME = "ops-hpc-sweep"
 
 
-def _zones(cfg: Config) -> list[str]:
+def _zones(cfg: Config, on_warn: Log = quiet) -> list[str]:
+    """The configured zone and every zone session state mentions (the configured one alone if it is unreadable)."""
     zones = {cfg.zone}
-    zones.update(e.get("zone") for e in SessionState(cfg).vms().values() if e.get("zone"))
+    try:
+        zones.update(str(e["zone"]) for e in SessionState(cfg).vms().values() if e.get("zone"))
+    except OpsError as exc:
+        on_warn(f"warning: {exc}; sweeping zone {cfg.zone} by labels alone")
     return sorted(zones)
 
 
-def decide(vm: dict[str, Any], *, now: float, grace_s: float, state_end: float | None = None) -> tuple[str, str]:
+def decide(vm: Vm, *, now: float, grace_s: float, state_end: float | None = None) -> tuple[str, str]:
     """(action, reason) for one VM: action is 'orphan', 'delete' or 'keep'. Pure: the rules above."""
-    if not vm.get("ours"):
+    if not vm.ours:
         return "orphan", "no ops-hpc label: never touched by ops-hpc"
-    if vm["status"] in compute.STOPPED_STATES:
-        return "delete", f"{vm['status']}: its disk still bills"
-    ends = [e for e in (vm.get("expected_end"), state_end) if e]
+    if vm.status in compute.STOPPED_STATES:
+        return "delete", f"{vm.status}: its disk still bills"
+    ends = [e for e in (vm.expected_end, state_end) if e]
     if ends and now > max(ends) + grace_s:
         late = int((now - max(ends)) // 60)
         return "delete", f"overdue: {late} min past its expected end (grace {int(grace_s // 60)} min)"
@@ -55,59 +65,105 @@ def decide(vm: dict[str, Any], *, now: float, grace_s: float, state_end: float |
     return "keep", f"live and on time ({int((max(ends) - now) // 60)} min to expected end)"
 
 
-def sweep(cfg: Config, *, grace_min: int | None = None, dry_run: bool = False, pull: bool = False,
-          now: float | None = None, on_log: Log = print, on_warn: Log = print) -> dict[str, Any]:
-    """One sweep; returns {deleted, would_delete, kept, orphans, failed, reconcile, pull, skipped}."""
+@dataclass(frozen=True)
+class SweepItem:
+    name: str
+    zone: str
+    status: str
+    reason: str
+    error: str = ""
+    already_gone: bool = False
+
+
+@dataclass
+class SweepResult:
+    deleted: list[SweepItem] = field(default_factory=list)
+    would_delete: list[SweepItem] = field(default_factory=list)
+    kept: list[SweepItem] = field(default_factory=list)
+    orphans: list[SweepItem] = field(default_factory=list)
+    failed: list[SweepItem] = field(default_factory=list)
+    reconcile: ReconcileResult | None = None
+    pull: dict[str, Any] | None = None
+    skipped: bool = False
+    dry_run: bool = False
+
+    @property
+    def deleted_total(self) -> int:
+        """VMs this sweep deleted, its reconcile's included (what the cron log's summary line counts)."""
+        return len(self.deleted) + (len(self.reconcile.deleted) if self.reconcile else 0)
+
+    def summary(self) -> str:
+        return (f"sweep: {self.deleted_total} deleted, {len(self.would_delete)} would delete, {len(self.kept)} kept, "
+                f"{len(self.orphans)} unlabeled left alone, {len(self.failed)} failed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_grace(grace_min: float) -> float:
+    """A grace below zero would delete runs before their expected end: refused."""
+    if grace_min < 0:
+        raise UsageError(f"grace {grace_min:g} min: expected 0 or more minutes past a VM's expected end")
+    return float(grace_min)
+
+
+def sweep(cfg: Config, *, grace_min: float | None = None, dry_run: bool = False, pull: bool = False,
+          now: float | None = None, on_log: Log = quiet, on_warn: Log = quiet,
+          first_status_s: float | None = None) -> SweepResult:
+    """One sweep. Needs no session state: a corrupt file is reported and the VMs' labels decide."""
+    grace_s = 60.0 * check_grace(cfg.sweep_grace_min if grace_min is None else grace_min)
     cfg = clients.resolve(cfg)
-    result: dict[str, Any] = {"deleted": [], "would_delete": [], "kept": [], "orphans": [], "failed": [],
-                              "reconcile": None, "pull": None, "skipped": False, "dry_run": dry_run}
+    result = SweepResult(dry_run=dry_run)
     cfg.state_path.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(cfg.state_path / LOCK_FILE), timeout=0)
     try:
         lock.acquire()
     except Timeout:
         on_log("another sweep is running (lock held): nothing to do")
-        result["skipped"] = True
+        result.skipped = True
         return result
     try:
-        grace_s = 60.0 * (cfg.sweep_grace_min if grace_min is None else grace_min)
-        zones = _zones(cfg)
+        zones = _zones(cfg, on_warn)
         vms = [vm for z in zones for vm in compute.list_vms(cfg.replace(zone=z), ours_only=False)]
-        result["reconcile"] = reconcile(cfg, on_log=on_log, on_warn=on_warn, vms=vms, now=now, dry_run=dry_run)
+        result.reconcile = reconcile(cfg, on_log=on_log, on_warn=on_warn, vms=vms, now=now, dry_run=dry_run,
+                                     first_status_s=first_status_s)
         now = time.time() if now is None else now
-        handled = set(result["reconcile"]["deleted"])
-        entries = SessionState(cfg).vms()
+        handled = set(result.reconcile.deleted)
+        try:
+            entries = SessionState(cfg).vms()
+        except OpsError:  # already reported by reconcile: the labels decide
+            entries = {}
         for vm in vms:
-            if vm["name"] in handled:
+            if vm.name in handled:
                 continue
-            state_end = (entries.get(vm["name"]) or {}).get("expected_end")
+            state_end = (entries.get(vm.name) or {}).get("expected_end")
             action, reason = decide(vm, now=now, grace_s=grace_s, state_end=state_end)
-            item = {"name": vm["name"], "zone": vm["zone"], "status": vm["status"], "reason": reason}
+            item = SweepItem(vm.name, vm.zone, vm.status, reason)
             if action == "orphan":
-                result["orphans"].append(item)
-                on_warn(f"orphan (not ops-hpc's, left alone): {vm['name']} {vm['status']} in {vm['zone']}")
+                result.orphans.append(item)
+                on_warn(f"orphan (not ops-hpc's, left alone): {vm.name} {vm.status} in {vm.zone}")
             elif action == "keep":
-                result["kept"].append(item)
-                on_log(f"keep {vm['name']}: {reason}")
+                result.kept.append(item)
+                on_log(f"keep {vm.name}: {reason}")
             elif dry_run:
-                result["would_delete"].append(item)
-                on_log(f"would delete {vm['name']}: {reason}")
+                result.would_delete.append(item)
+                on_log(f"would delete {vm.name}: {reason}")
             else:
                 try:
-                    gone = compute.delete_vm(cfg.replace(zone=vm["zone"]), vm["name"], on_log=lambda _: None)
-                    result["deleted"].append({**item, "already_gone": not gone})
-                    on_log(f"deleted {vm['name']}: {reason}")
+                    gone = compute.delete_vm(cfg.replace(zone=vm.zone), vm.name, on_log=quiet)
+                    result.deleted.append(replace(item, already_gone=not gone))
+                    on_log(f"deleted {vm.name}: {reason}")
                 except Exception as exc:  # one failure must not stop the sweep of the others
-                    result["failed"].append({**item, "error": str(exc)})
-                    on_warn(f"could not delete {vm['name']}: {exc}")
+                    result.failed.append(replace(item, error=str(exc)))
+                    on_warn(f"could not delete {vm.name}: {exc}")
         if pull:
-            result["pull"] = run_pull(cfg, dry_run=dry_run, on_log=on_log)
+            result.pull = run_pull(cfg, dry_run=dry_run, on_log=on_log)
     finally:
         lock.release()
     return result
 
 
-def run_pull(cfg: Config, *, dry_run: bool = False, on_log: Log = print) -> dict[str, Any]:
+def run_pull(cfg: Config, *, dry_run: bool = False, on_log: Log = quiet) -> dict[str, Any]:
     """The unattended pull (bin/pull --yes), as a subprocess so a failing pull cannot break the sweep."""
     script = paths.BIN / "pull"
     if not script.exists():
@@ -139,12 +195,12 @@ def cron_line(repo: Path = paths.REPO, state_dir: Path | None = None, *, python:
 def schtasks_command(repo: Path = paths.REPO, state_dir: Path | None = None) -> list[str]:
     """The Task Scheduler command as argv: every 5 minutes, pythonw (no console window flashing) running
     bin\\sweep, which appends to STATE\\sweep.log itself (no cmd.exe redirection to quote)."""
-    repo = PureWindowsPath(repo)
+    win = PureWindowsPath(repo)
     state = str(PureWindowsPath(state_dir)) if state_dir else r"%LOCALAPPDATA%\ops-hpc"
-    py = str(repo / ".venv" / "Scripts" / "pythonw.exe")
-    action = f'"{py}" "{repo / "bin" / "sweep"}" --log "{state}\\{LOG_FILE}"'
-    if Path(str(repo / "ops-hpc.toml")).exists():  # the task starts in System32: name the config file explicitly
-        action += f' --config "{repo / "ops-hpc.toml"}"'
+    py = str(win / ".venv" / "Scripts" / "pythonw.exe")
+    action = f'"{py}" "{win / "bin" / "sweep"}" --log "{state}\\{LOG_FILE}"'
+    if Path(str(win / "ops-hpc.toml")).exists():  # the task starts in System32: name the config file explicitly
+        action += f' --config "{win / "ops-hpc.toml"}"'
     return ["schtasks", "/Create", "/SC", "MINUTE", "/MO", "5", "/TN", TASK_NAME, "/TR", action, "/F"]
 
 
@@ -155,7 +211,7 @@ def schtasks_line(repo: Path = paths.REPO, state_dir: Path | None = None) -> str
     return " ".join(argv[:-2]) + f' "{tr}" /F'
 
 
-def install(cfg: Config, *, yes: bool = False, windows: bool | None = None, on_log: Log = print) -> dict[str, Any]:
+def install(cfg: Config, *, yes: bool = False, windows: bool | None = None, on_log: Log = quiet) -> dict[str, Any]:
     """Print the schedule entry; with yes=True install it (crontab: only if absent; schtasks: /F replaces)."""
     windows = (os.name == "nt") if windows is None else windows
     if windows:
@@ -177,8 +233,6 @@ def install(cfg: Config, *, yes: bool = False, windows: bool | None = None, on_l
         return {"line": line, "installed": False}
     crontab = shutil.which("crontab")
     if crontab is None:
-        from lib.errors import OpsError
-
         raise OpsError("no `crontab` command on this machine: add the line above to your scheduler by hand")
     current = subprocess.run([crontab, "-l"], capture_output=True, text=True)
     existing = current.stdout if current.returncode == 0 else ""  # `crontab -l` fails when there is none yet
@@ -194,23 +248,22 @@ def install(cfg: Config, *, yes: bool = False, windows: bool | None = None, on_l
 
 
 def _install_error(proc: subprocess.CompletedProcess) -> Exception:
-    from lib.errors import OpsError
-
     return OpsError(f"installing the schedule failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
 
 
-def cleanup(cfg: Config, *, confirm: Callable[[str], bool], on_log: Log = print) -> dict[str, Any]:
-    """Delete every ops-hpc VM (labelled ones only) and every object in the bucket, after `confirm` says yes."""
-    from lib import storage
+def cleanup(cfg: Config, *, confirm: Callable[[str], bool], on_log: Log = quiet) -> dict[str, Any]:
+    """Delete every ops-hpc VM (labelled ones only) and every object in the bucket, after `confirm` says yes.
+    Needs no session state: the labels say what is ours."""
+    from lib import storage  # only cleanup needs it: keeps bin/sweep --help fast
 
     cfg = clients.resolve(cfg)
-    vms = [vm for z in _zones(cfg) for vm in compute.list_vms(cfg.replace(zone=z))]
+    vms = [vm for z in _zones(cfg, on_log) for vm in compute.list_vms(cfg.replace(zone=z))]
     try:
         objects = len(storage.list_blobs(cfg))
     except Exception as exc:  # a missing bucket: nothing to wipe there
         on_log(f"bucket gs://{cfg.bucket_name}: {exc}")
         objects = 0
-    question = (f"delete {len(vms)} ops-hpc VM(s) ({', '.join(v['name'] for v in vms) or 'none'}) and "
+    question = (f"delete {len(vms)} ops-hpc VM(s) ({', '.join(v.name for v in vms) or 'none'}) and "
                 f"{objects} object(s) in gs://{cfg.bucket_name}, results not yet pulled included?")
     if not confirm(question):
         on_log("cleanup cancelled: nothing deleted")
@@ -218,11 +271,11 @@ def cleanup(cfg: Config, *, confirm: Callable[[str], bool], on_log: Log = print)
     deleted, failed = [], []
     for vm in vms:
         try:
-            if compute.delete_vm(cfg.replace(zone=vm["zone"]), vm["name"], on_log=on_log):
-                deleted.append(vm["name"])
+            if compute.delete_vm(cfg.replace(zone=vm.zone), vm.name, on_log=on_log):
+                deleted.append(vm.name)
         except Exception as exc:
-            failed.append({"name": vm["name"], "error": str(exc)})
-            on_log(f"could not delete {vm['name']}: {exc}")
+            failed.append({"name": vm.name, "error": str(exc)})
+            on_log(f"could not delete {vm.name}: {exc}")
     removed = storage.delete_prefix(cfg, "") if objects else 0
     on_log(f"cleanup: {len(deleted)} VM(s) deleted, {removed} object(s) removed from gs://{cfg.bucket_name}")
     return {"cancelled": False, "vms_deleted": deleted, "objects_deleted": removed, "failed": failed}

@@ -1,6 +1,9 @@
 """A real process holding a VMGuard, for the signal tests: create VM, enter the guard, print 'ready', block.
 
-usage: python tests/guard_child.py NAME   (config from OPS_HPC_* environment)
+usage: python tests/guard_child.py NAME [--guard-first]   (config from OPS_HPC_* environment)
+
+--guard-first enters the guard before creating the VM, as the pipelines do (the guard covers the insert
+itself); it prints 'guarded' first, so a test can interrupt the insert.
 """
 
 import sys
@@ -18,7 +21,15 @@ def main() -> int:
     name = sys.argv[1]
     cfg = Config.load(path="")
     spec = compute.plan_vm(cfg, name=name, kind="build", run_id="guard-child", startup_script="sleep 600")
-    compute.create_vm(cfg, spec, on_log=lambda line: print(line, file=sys.stderr, flush=True))
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if "--guard-first" in sys.argv:
+        with VMGuard(cfg, name, on_log=lambda line: print(line, flush=True)):
+            print("guarded", flush=True)
+            compute.create_vm(cfg, spec, on_log=log)
+            print("ready", flush=True)
+            while True:
+                time.sleep(0.05)
+    compute.create_vm(cfg, spec, on_log=log)
     with VMGuard(cfg, name, on_log=lambda line: print(line, flush=True)):
         print("ready", flush=True)
         while True:

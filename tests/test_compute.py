@@ -54,11 +54,14 @@ def test_created_vm_has_labels_max_run_delete_on_demand_and_metadata(vms, localc
                            startup_script="sleep 600", metadata={"ops-hpc-bucket": "b1"})
     assert spec.source_image == image and spec.max_run_s == 3 * 3600
     vm = compute.create_vm(vms.cfg, spec, on_log=vms.log)
-    assert vm["status"] == "RUNNING"  # create_vm waited for the insert operation (the emulator takes its time)
-    assert vm["labels"] == {"ops-hpc": "true", "ops-hpc-run": "run-7", "ops-hpc-kind": "analysis",
-                            "ops-hpc-end": str(spec.expected_end)}
+    assert vm.status == "RUNNING"  # create_vm waited for the insert operation (the emulator takes its time)
+    assert vm.labels == {"ops-hpc": "true", "ops-hpc-run": "run-7", "ops-hpc-kind": "analysis",
+                         "ops-hpc-end": str(spec.expected_end), "ops-hpc-host": compute.this_host(),
+                         "ops-hpc-launched": spec.labels["ops-hpc-launched"]}
+    assert before - 1 <= int(spec.labels["ops-hpc-launched"]) <= time.time()
+    assert vm.owner_host == compute.this_host() and vm.launched == int(spec.labels["ops-hpc-launched"])
     assert before + (30 + 60 + 30 + 1) * 60 - 1 <= spec.expected_end <= time.time() + 121 * 60
-    assert vm["max_run_s"] == 10800 and vm["termination_action"] == "DELETE" and vm["spot"] is False
+    assert vm.max_run_s == 10800 and vm.termination_action == "DELETE" and vm.spot is False
     from lib import clients
 
     raw = clients.instances(vms.cfg).get(project=vms.cfg.project, zone=vms.cfg.zone, instance=name)
@@ -76,7 +79,7 @@ def test_created_vm_has_labels_max_run_delete_on_demand_and_metadata(vms, localc
 def test_spot_only_when_asked(vms):
     name = vms.create(spot=True)
     vm = compute.get_vm(vms.cfg, name)
-    assert vm["spot"] is True and vm["termination_action"] == "DELETE" and vm["max_run_s"] == 7200
+    assert vm.spot is True and vm.termination_action == "DELETE" and vm.max_run_s == 7200
     compute.delete_vm(vms.cfg, name, on_log=vms.log)
 
 
@@ -116,7 +119,7 @@ def test_delete_refuses_unlabeled_vm_unless_forced(vms):
     name = vms.create(labels=False)
     with pytest.raises(OpsError, match="refusing to delete") as info:
         compute.delete_vm(vms.cfg, name, on_log=vms.log)
-    assert info.value.code == 3 and compute.get_vm(vms.cfg, name)["status"] == "RUNNING"
+    assert info.value.code == 3 and compute.get_vm(vms.cfg, name).status == "RUNNING"
     with pytest.raises(OpsError, match="refusing to stop"):
         compute.stop_vm(vms.cfg, name, on_log=vms.log)
     assert compute.delete_vm(vms.cfg, name, force=True, on_log=vms.log) is True
@@ -124,9 +127,9 @@ def test_delete_refuses_unlabeled_vm_unless_forced(vms):
 
 def test_list_vms_ours_only(vms):
     ours, theirs = vms.create(), vms.create(labels=False)
-    names = {v["name"] for v in compute.list_vms(vms.cfg)}
+    names = {v.name for v in compute.list_vms(vms.cfg)}
     assert ours in names and theirs not in names
-    assert theirs in {v["name"] for v in compute.list_vms(vms.cfg, ours_only=False)}
+    assert theirs in {v.name for v in compute.list_vms(vms.cfg, ours_only=False)}
     compute.delete_vm(vms.cfg, ours, on_log=vms.log)
     compute.delete_vm(vms.cfg, theirs, force=True, on_log=vms.log)
 
@@ -142,5 +145,5 @@ def test_worst_case_cost_is_hourly_price_times_max_run_hours(vms):
 def test_expected_end_label_can_be_moved(vms):
     name = vms.create()
     compute.set_expected_end(vms.cfg, name, 2_000_000_000)
-    assert compute.get_vm(vms.cfg, name)["expected_end"] == 2_000_000_000
+    assert compute.get_vm(vms.cfg, name).expected_end == 2_000_000_000
     compute.delete_vm(vms.cfg, name, on_log=vms.log)

@@ -96,3 +96,16 @@ def test_example_file_documents_every_key_and_loads(tmp_path):
         assert re.search(rf"^#? ?{key} = ", text, re.M), f"{key} missing from ops-hpc.example.toml"
     # The uncommented lines are valid and equal the defaults.
     assert Config.load(env={}, path=example) == Config.load(env={}, path="")
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"OPS_HPC_UPLOAD_TIMEOUT_MIN": "0"}, "upload_timeout_min = '0' from environment variable"),
+    ({"OPS_HPC_TIME_SCALE": "60", "OPS_HPC_PROJECT": "my-project-1"}, "time_scale = 60 from environment variable"),
+])
+def test_values_that_would_make_a_safety_net_fire_early_are_refused(env, needle):
+    """An upload window of 0 min deletes VMs mid-upload; a scaled clock on real VMs ends runs early."""
+    with pytest.raises(ConfigError) as err:
+        Config.load(env=env, path="")
+    assert needle in str(err.value) and "\n" not in str(err.value) and err.value.code == 2
+    local = Config.load(env={"OPS_HPC_BACKEND": "local", "OPS_HPC_TIME_SCALE": "60"}, path="")
+    assert local.time_scale == 60

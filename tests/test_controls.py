@@ -40,7 +40,7 @@ def test_abort_kills_opensees_on_that_vm_only_and_the_vm_stays(localcloud, tmp_p
         assert _opensees_pids(cfg, a) and _opensees_pids(cfg, b)
         assert controls.abort(cfg, a, on_log=quiet) >= 1
         wait_for(lambda: not _opensees_pids(cfg, a), timeout=10)
-        assert compute.get_vm(cfg, a)["status"] == "RUNNING"  # the VM stays
+        assert compute.get_vm(cfg, a).status == "RUNNING"  # the VM stays
         assert _opensees_pids(cfg, b)  # another VM's OpenSees is untouched
         size = _progress(cfg, b, "endless").stat().st_size
         wait_for(lambda: _progress(cfg, b, "endless").stat().st_size > size, timeout=10)
@@ -83,7 +83,7 @@ def test_emergency_pushes_what_is_on_the_disk_now_and_keeps_the_vm(localcloud, t
         on_disk = _progress(cfg, name, "endless").read_text()
         assert storage.download_bytes(cfg, prefix + "progress.txt").decode() == on_disk  # exactly what was there
         assert {b.name for b in storage.list_blobs(cfg)} >= {prefix + "progress.txt", prefix + "disp.out"}
-        assert compute.get_vm(cfg, name)["status"] == "RUNNING"
+        assert compute.get_vm(cfg, name).status == "RUNNING"
         assert result["rescued"] == ["run-x/m.zip"]  # the stranded run-staged result went to the bucket too
         assert storage.download_bytes(cfg, "run-x/m.zip") == stranded
         assert storage.get_blob(cfg, "run-x/broken.zip") is None and storage.get_blob(cfg, "run-x/n.in.zip") is None
@@ -91,17 +91,17 @@ def test_emergency_pushes_what_is_on_the_disk_now_and_keeps_the_vm(localcloud, t
         compute.delete_vm(cfg, name, on_log=quiet)
 
 
-def test_stop_vm_deletes_the_vm_now(localcloud, tmp_path):
+def test_delete_vm_deletes_the_vm_now(localcloud, tmp_path):
     cfg = vm_config(localcloud, tmp_path / "state")
     name = unique("stop")
     boot(cfg, name)
     start_job(cfg, name, "endless")
     disk = Path(ssh.local_vm(cfg, name)["disk"])
     logs: list[str] = []
-    assert controls.stop_vm(cfg, name, on_log=logs.append)
+    assert controls.delete_vm(cfg, name, on_log=logs.append)
     assert compute.get_vm(cfg, name) is None and not disk.exists()
     assert f"deleted VM {name}" in logs
-    assert not controls.stop_vm(cfg, name, on_log=quiet)
+    assert not controls.delete_vm(cfg, name, on_log=quiet)
 
 
 def test_make_targets_call_the_invoke_tasks_with_these_flags():

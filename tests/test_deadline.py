@@ -54,7 +54,7 @@ def test_extend_is_thread_safe():
 def test_watchdog_fires_once_and_applies_channel_requests(tmp_path):
     cfg = Config.load({"backend": "local", "state_dir": str(tmp_path)}, env={}, path="")
     clock = Clock()
-    d = dl.Deadline(1, clock=clock, minute_s=10)
+    d = dl.Deadline(1, clock=clock, time_scale=6)  # a minute lasts 10 s
     fired: list[int] = []
     logs: list[str] = []
     channel = dl.Channel(cfg, "vm-a", "job-1", max_run_end=time.time() + 15)
@@ -79,7 +79,7 @@ def test_watchdog_fires_once_and_applies_channel_requests(tmp_path):
 def test_extension_from_another_process_reaches_the_watchdog_thread(tmp_path):
     """`invoke extend --minutes N` in another terminal: the running watchdog picks it up within its period."""
     cfg = Config.load({"backend": "local", "state_dir": str(tmp_path)}, env={}, path="")
-    d = dl.Deadline(1, minute_s=3)  # 3 s
+    d = dl.Deadline(1, time_scale=20)  # 3 s
     fired = threading.Event()
     dog = dl.Watchdog(d, fired.set, channel=dl.Channel(cfg, "vm-b", "job-2"), interval=0.1).start()
     try:
@@ -96,3 +96,24 @@ def test_extension_from_another_process_reaches_the_watchdog_thread(tmp_path):
     finally:
         dog.stop()
     assert not (tmp_path / "deadlines" / "vm-b.json").exists()
+
+
+def test_a_reused_pid_is_not_a_running_job(tmp_path):
+    """The channel names its runner by pid AND start time: a new process that got the pid is not the runner."""
+    from lib import jsonfile
+
+    cfg = Config.load({"backend": "local", "state_dir": str(tmp_path)}, env={}, path="")
+    channel = dl.Channel(cfg, "vm-1", "model-a")
+    channel.publish(dl.Deadline(5))
+    assert [j["job"] for j in dl.running_jobs(cfg)] == ["model-a"]
+    with jsonfile.edit(channel.path, {}) as data:
+        data["owner"]["create_time"] -= 100  # same pid, another process
+    assert dl.running_jobs(cfg) == []
+
+
+def test_time_scale_is_the_one_clock_knob():
+    clock = Clock()
+    d = dl.Deadline(2, time_scale=60, clock=clock)  # two minutes pass in two seconds
+    assert d.minute_s == 1.0 and d.remaining_s == 2.0
+    with pytest.raises(ValueError):
+        dl.Deadline(1, time_scale=0)

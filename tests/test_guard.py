@@ -12,7 +12,9 @@ import pytest
 
 from lib import compute, guard
 from lib.guard import VMGuard
-from lib.state import SessionState, reconcile
+from lib.polling import poll_until
+from lib.reconcile import reconcile
+from lib.state import SessionState
 from tests.vm_helpers import REPO_ROOT, vm_env
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX signals; the Windows path is unit-tested below")
@@ -26,7 +28,7 @@ def vms(localcloud, tmp_path):
 def test_normal_exit_deletes_vm(vms):
     name = vms.create()
     with VMGuard(vms.cfg, name, on_log=vms.log) as g:
-        assert compute.get_vm(vms.cfg, name)["status"] == "RUNNING"
+        assert compute.get_vm(vms.cfg, name).status == "RUNNING"
         assert SessionState(vms.cfg).vms()[name]["guarded"] is True
     assert g.deleted and compute.get_vm(vms.cfg, name) is None
     assert name not in SessionState(vms.cfg).vms()
@@ -76,7 +78,7 @@ def _child(vms, name):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert line.strip() == "ready", (line, proc.stderr.read() if proc.poll() is not None else "")
-    assert compute.get_vm(vms.cfg, name)["status"] == "RUNNING"
+    assert compute.get_vm(vms.cfg, name).status == "RUNNING"
     return proc
 
 
@@ -99,10 +101,10 @@ def test_sigkill_leaves_vm_then_next_command_reconcile_deletes_it(vms):
     proc = _child(vms, name)
     proc.kill()
     proc.wait(10)
-    assert compute.get_vm(vms.cfg, name)["status"] == "RUNNING"  # nothing ran in the child
+    assert compute.get_vm(vms.cfg, name).status == "RUNNING"  # nothing ran in the child
     warnings: list[str] = []
     result = reconcile(vms.cfg, on_log=vms.log, on_warn=warnings.append)
-    assert name in result["deleted"]
+    assert name in result.deleted
     assert any("died without cleaning up" in w for w in warnings)
     assert compute.get_vm(vms.cfg, name) is None and name not in SessionState(vms.cfg).vms()
 
@@ -148,3 +150,54 @@ def test_windows_console_handler_registered_and_deletes(monkeypatch, event):
     finally:
         g._uninstall()
     assert kernel32.calls[-1] == (handler, False)  # unregistered on the way out
+
+
+# -- an interrupt while the insert is in flight -------------------------------------------------------------------
+
+INSERT = r"^POST /compute/v1/projects/[^/]+/zones/[^/]+/instances(\?|$)"
+
+
+def _child_inserting(vms, name):
+    """A child that enters its guard, then creates the VM; returns once the insert is recorded in session state."""
+    env = vms.cloud.env(state_dir=vms.cfg.state_dir, machine_type="e2-standard-2", build_machine_type="e2-standard-2")
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "guard_child.py"), name, "--guard-first"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "guarded"
+    assert poll_until(lambda: (SessionState(vms.cfg).vms().get(name) or {}).get("insert"), 20, 0.05), \
+        "the insert was not recorded in session state before it was sent"
+    return proc
+
+
+@posix_only
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_the_insert_deletes_what_the_insert_creates(vms, faults, sig):
+    """Google has created the VM but its answer has not arrived when Ctrl+C lands: the guard waits for the
+    insert (same requestId) and deletes the VM, instead of finding "nothing yet" and leaving it running."""
+    name = vms.name()
+    faults("compute", "delay", match=INSERT, seconds=8)
+    proc = _child_inserting(vms, name)
+    assert poll_until(lambda: compute.get_vm(vms.cfg, name), 20, 0.05), "the insert never reached the cloud"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert compute.get_vm(vms.cfg, name) is None, (out, err)
+    assert "creation of VM" in out and f"deleted VM {name}" in out and "already gone" not in out, (out, err)
+    assert name not in SessionState(vms.cfg).vms()
+
+
+@posix_only
+def test_sigkill_during_the_insert_then_status_keeps_the_entry_and_deletes_the_vm(vms, faults):
+    """kill -9 while the insert is still queued: a reconcile (bin/status) before the VM appears keeps the entry
+    (the insert may still land); once the VM exists, the dead guard's VM is deleted."""
+    name = vms.name()
+    faults("compute", "stall", match=INSERT, seconds=10)  # the insert is executed 10 s after it arrives
+    proc = _child_inserting(vms, name)
+    arrived = lambda: any(f["kind"] == "stall" and f["hits"] for f in vms.cloud.admin("faults"))  # noqa: E731
+    assert poll_until(arrived, 20, 0.05), "the insert never reached the cloud"
+    proc.kill()
+    proc.wait(10)
+    assert compute.get_vm(vms.cfg, name) is None  # not created yet
+    early = reconcile(vms.cfg, on_log=vms.log, on_warn=vms.log)
+    assert early.row(name).action == "none: its insert may still land" and name in SessionState(vms.cfg).vms()
+    assert poll_until(lambda: compute.get_vm(vms.cfg, name), 30, 0.1), "the queued insert never landed"
+    late = reconcile(vms.cfg, on_log=vms.log, on_warn=vms.log)
+    assert name in late.deleted and compute.get_vm(vms.cfg, name) is None

@@ -24,7 +24,7 @@ def env_for(vms, **extra):
 
 def test_dry_run_prints_vm_and_worst_case_cost_and_creates_nothing(vms):
     name = vms.name()
-    before = {v["name"] for v in compute.list_vms(vms.cfg, ours_only=False)}
+    before = {v.name for v in compute.list_vms(vms.cfg, ours_only=False)}
     proc = run_bin("launch", "--dry-run", "--json", "--name", name, "--timeouts", "30,60", "--image", ROCKY,
                    env=env_for(vms))
     assert proc.returncode == 0, proc.stderr
@@ -33,7 +33,7 @@ def test_dry_run_prints_vm_and_worst_case_cost_and_creates_nothing(vms):
     assert view["worst_case_cost_usd"] == pytest.approx(3 * (0.067 + 0.10 * 200 / 730), abs=0.01)
     assert "taken 20" in view["prices"]
     assert compute.get_vm(vms.cfg, name) is None
-    assert {v["name"] for v in compute.list_vms(vms.cfg, ours_only=False)} == before
+    assert {v.name for v in compute.list_vms(vms.cfg, ours_only=False)} == before
     assert not (vms.cfg.state_path / "session_state.json").exists()
     text = run_bin("launch", "--dry-run", "--name", name, "--kind", "build", env=env_for(vms))
     assert "dry run: nothing created" in text.stdout and "Worst case 2 h" in text.stdout
@@ -48,7 +48,7 @@ def test_launch_prints_name_then_delete(vms, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == name
     vm = compute.get_vm(vms.cfg, name)
-    assert vm["spot"] is True and vm["status"] == "RUNNING" and vm["labels"]["ops-hpc-kind"] == "build"
+    assert vm.spot is True and vm.status == "RUNNING" and vm.labels["ops-hpc-kind"] == "build"
     gone = run_bin("launch", "--delete", name, env=env_for(vms))
     assert gone.returncode == 0 and compute.get_vm(vms.cfg, name) is None
     again = run_bin("launch", "--delete", name, env=env_for(vms))

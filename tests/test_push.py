@@ -1,4 +1,4 @@
-"""vm push (push.sh on the VM over ssh) -> timestamped legacy trees that bin/pull collects; vm download; terminate."""
+"""vm push (push.sh on the VM over ssh) -> timestamped legacy trees that bin/pull collects; vm download; delete now (controls.delete_vm)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from lib import compute, push, ssh, storage
+from lib import compute, controls, push, ssh, storage
 from lib.errors import OpsError
 from tests.helpers import needs_gcloud, run_bin
 from tests.pipeline_helpers import boot, quiet
@@ -100,9 +100,9 @@ def test_download_takes_small_files_and_refuses_folders_and_big_files(localcloud
             push.download(cfg, name, "../etc/passwd", tmp_path, on_log=quiet)
         assert not (tmp_path / "disp.out").exists()
     finally:
-        assert push.terminate(cfg, name, on_log=quiet)
+        assert controls.delete_vm(cfg, name, on_log=quiet)
     assert compute.get_vm(cfg, name) is None
-    assert not push.terminate(cfg, name, on_log=quiet)  # already gone
+    assert not controls.delete_vm(cfg, name, on_log=quiet)  # already gone
 
 
 def test_push_reports_a_missing_folder_and_still_pushes_the_rest(localcloud, tmp_path):

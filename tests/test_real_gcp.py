@@ -35,7 +35,7 @@ def test_example_batch_on_a_real_vm(tmp_path):
         run_id = run_id or next((line.split()[1].rstrip(":") for line in logs if line.startswith("run run-")), None)
         if run_id:
             for vm in compute.list_vms(cfg):
-                if vm["run_id"] == run_id:
-                    compute.delete_vm(cfg, vm["name"], on_log=lambda _: None)
+                if vm.run_id == run_id:
+                    compute.delete_vm(cfg, vm.name, on_log=lambda _: None)
             for prefix in (f"_uploads/{run_id}/", f"{run_id}/", f"_status/{run_id}", f"_logs/{run_id}/"):
                 storage.delete_prefix(cfg, prefix)

@@ -16,7 +16,7 @@ import pytest
 from helpers import run_bin
 from vm_helpers import SMALL, vm_config
 
-from lib import build, compute, manifest, results, runlog, runstaged, runstatus, stage, storage
+from lib import build, compute, manifest, naming, results, runlog, runstaged, runstatus, stage, storage
 from lib.demo import demo
 from lib.errors import OpsError
 
@@ -50,8 +50,8 @@ def cfg(localcloud, tmp_path):
     c = vm_config(localcloud, tmp_path / "state", bucket=f"t-{uuid.uuid4().hex[:10]}", time_scale=30)
     storage.ensure_bucket(c)
     yield c
-    left = [v["name"] for v in compute.list_vms(c) if v["run_id"].startswith("run-") and
-            any(v["name"] == n for n in _names_of(c))]
+    left = [v.name for v in compute.list_vms(c) if v.run_id.startswith("run-") and
+            any(v.name == n for n in _names_of(c))]
     for name in left:
         compute.delete_vm(c, name, on_log=lambda _: None)
     assert not left, f"VMs left alive: {left}"
@@ -144,8 +144,8 @@ def test_preempted_spot_vm_relaunches_only_unfinished_models(cfg, image, localcl
     def on_log(line: str) -> None:
         if not preempted and "first: result pulled" in line:
             vm = line  # the first VM is the only one so far
-            name = next(v["name"] for v in compute.list_vms(cfg) if v["name"].startswith("ops-hpc-") and
-                        "-r" not in v["name"][-8:] and v["spot"])
+            name = next(v.name for v in compute.list_vms(cfg) if v.name.startswith("ops-hpc-") and
+                        "-r" not in v.name[-8:] and v.spot)
             preempted.append(name)
             threading.Thread(target=localcloud.admin, args=(f"preempt/{cfg.project}/{cfg.zone}/{name}", {}),
                              daemon=True).start()
@@ -193,10 +193,10 @@ def test_pc_switched_off_then_bin_pull_collects_everything(cfg, image, localclou
 def test_a_vm_that_never_reports_is_deleted_by_its_guard(cfg, image, tmp_path):
     from lib.state import SessionState
 
-    run_id = stage.new_run_id()
+    run_id = naming.new_run_id()
     broken = cfg.replace(bucket=f"t-missing-{uuid.uuid4().hex[:8]}")  # the VM cannot read its batch: no status
     model = stage.StagedModel(name="m", main="main.tcl", cores=1, timeout_min=1)
-    name = stage.vm_name(run_id)
+    name = naming.vm_name(run_id)
     with pytest.raises(OpsError, match="did not report|startup script ended"):
         runstaged.launch(broken, run_id, [[model]], image=image, machine_type=SMALL, boot_timeout=3)
     assert compute.get_vm(cfg, name) is None

@@ -37,7 +37,7 @@ def test_three_jobs_timeout_extension_from_another_process_and_background_pushes
     name = unique("run")
     started = time.monotonic()
     result = runjobs.run_jobs(cfg, jobs, name=name, image=image, on_log=on_log, on_line=lines.append,
-                              minute_s=MINUTE_S, check_s=0.2, push_method="curl")
+                              time_scale=60 / MINUTE_S, check_s=0.2, push_method="curl")
     elapsed = time.monotonic() - started
     by_name = {j.name: j for j in result.jobs}
 

@@ -12,7 +12,8 @@ import pytest
 from lib import clients, compute, jsonfile
 from lib.config import Config
 from lib.localcloud import control
-from lib.state import STATE_FILE, SessionState, reconcile
+from lib.reconcile import Interrupted, reconcile
+from lib.state import STATE_FILE, SessionState
 from lib.sweep import sweep
 from tests.vm_helpers import SMALL, ensure_opensees_image, unique, vm_env, wait_gone
 
@@ -31,7 +32,8 @@ def dead_pid() -> int:
 def orphan_owner(cfg: Config, name: str, *, guarded: bool) -> None:
     """Make the entry look like its owner process died (killed, or the PC lost power)."""
     with jsonfile.edit(cfg.state_path / STATE_FILE) as data:
-        data["vms"][name].update(owner_pid=dead_pid(), owner_started=None, guarded=guarded)
+        data["vms"][name].update(owner={"pid": dead_pid(), "create_time": None, "host": "", "since": 0},
+                                 guarded=guarded)
 
 
 def raw_delete(cfg: Config, name: str) -> None:
@@ -68,19 +70,19 @@ def test_each_row_of_the_cross_reference_table(vms):
 
     warnings: list[str] = []
     result = reconcile(cfg, on_log=vms.log, on_warn=warnings.append)
-    rows = {r["vm"]: r for r in result["rows"]}
-    assert rows[running]["state_says"] == "VM registered" and rows[running]["gcp_says"] == "VM RUNNING"
-    assert rows[running]["action"].startswith("warned: still billing") and running in result["running"]
-    assert rows[gone]["action"] == "entry cleaned" and gone in result["cleaned"]
-    assert rows[interrupted]["state_says"] == "job running" and "interrupted" in rows[interrupted]["action"]
-    assert result["interrupted"] == [{"vm": interrupted, "jobs": ["model-b"]}]
-    assert rows[orphan]["state_says"] == "nothing" and orphan in result["orphans"]
-    assert rows[creating]["gcp_says"] == "not yet created"
+    rows = {r.vm: r for r in result.rows}
+    assert rows[running].state_says == "VM registered" and rows[running].gcp_says == "VM RUNNING"
+    assert rows[running].action.startswith("warned: still billing") and running in result.running
+    assert rows[gone].action == "entry cleaned" and gone in result.cleaned
+    assert rows[interrupted].state_says == "job running" and "interrupted" in rows[interrupted].action
+    assert result.interrupted == [Interrupted(interrupted, ("model-b",))]
+    assert rows[orphan].state_says == "nothing" and orphan in result.orphans
+    assert rows[creating].gcp_says == "not yet created"
     assert any(running in w and "bin/launch --delete" in w for w in warnings)
     assert any(orphan in w and "orphan" in w for w in warnings)
     assert any(interrupted in w and "model-b" in w for w in warnings)
     assert set(state.vms()) == {running, creating}
-    assert compute.get_vm(cfg, running)["status"] == "RUNNING"  # reconcile never deletes a live owner's VM
+    assert compute.get_vm(cfg, running).status == "RUNNING"  # reconcile never deletes a live owner's VM
     for name in (running, orphan):
         compute.delete_vm(cfg, name, on_log=vms.log)
     state.unregister_vm(creating)
@@ -90,8 +92,8 @@ def test_dry_run_reconcile_changes_nothing(vms):
     name = vms.create()
     orphan_owner(vms.cfg, name, guarded=True)
     result = reconcile(vms.cfg, on_log=vms.log, on_warn=vms.log, dry_run=True)
-    assert result["deleted"] == [] and compute.get_vm(vms.cfg, name) is not None
-    assert {r["vm"]: r["action"] for r in result["rows"]}[name].startswith("would delete")
+    assert result.deleted == [] and compute.get_vm(vms.cfg, name) is not None
+    assert {r.vm: r.action for r in result.rows}[name].startswith("would delete")
     compute.delete_vm(vms.cfg, name, on_log=vms.log)
 
 
@@ -109,7 +111,7 @@ def test_max_run_duration_deletes_vm_whose_owner_is_gone(vms, localcloud):
     finally:
         localcloud.admin("time_scale", {"time_scale": 1.0})
     result = reconcile(vms.cfg, on_log=vms.log, on_warn=vms.log)
-    assert name in result["cleaned"] and name not in SessionState(vms.cfg).vms()
+    assert name in result.cleaned and name not in SessionState(vms.cfg).vms()
 
 
 def test_power_cut_state_left_mid_run_then_cloud_restarted(tmp_path):
@@ -132,19 +134,19 @@ def test_power_cut_state_left_mid_run_then_cloud_restarted(tmp_path):
         control.down(state_dir)  # power off: VM processes end, Compute still records them RUNNING
         control.up(state_dir)    # power back: the host rebooted under them -> TERMINATED
         cfg = clients.resolve(cfg.replace(compute_endpoint="", storage_endpoint="", monitoring_endpoint=""))
-        assert compute.get_vm(cfg, guarded)["status"] == "TERMINATED"
-        assert compute.get_vm(cfg, staged)["status"] == "TERMINATED"
+        assert compute.get_vm(cfg, guarded).status == "TERMINATED"
+        assert compute.get_vm(cfg, staged).status == "TERMINATED"
 
         lines: list[str] = []
         result = sweep(cfg, on_log=lines.append, on_warn=lines.append)
-        rec = result["reconcile"]
-        assert rec["deleted"] == [guarded]
-        assert {i["vm"] for i in rec["interrupted"]} == {guarded, staged}
-        assert [d["name"] for d in result["deleted"]] == [staged]  # TERMINATED: its disk still bills
+        rec = result.reconcile
+        assert rec.deleted == [guarded]
+        assert {i.vm for i in rec.interrupted} == {guarded, staged}
+        assert [d.name for d in result.deleted] == [staged]  # TERMINATED: its disk still bills
         assert compute.get_vm(cfg, guarded) is None and compute.get_vm(cfg, staged) is None
         reconcile(cfg, on_log=lines.append, on_warn=lines.append)
         assert SessionState(cfg).vms() == {}
-        assert not [v for v in compute.list_vms(cfg) if v["status"] not in compute.STOPPED_STATES]
+        assert not [v for v in compute.list_vms(cfg) if v.status not in compute.STOPPED_STATES]
     finally:
         control.down(state_dir)
 
@@ -159,10 +161,10 @@ def test_reconcile_resets_interrupted_downloads(vms, tmp_path):
     jsonfile.write_atomic(results / downloads.LEGACY_STATE_FILE, {"format": 1, "sets": {
         "run-a": {"status": "downloading", "owner": owner}, "run-b": {"status": "pending"}}})
     result = reconcile(vms.cfg.replace(results_dir=str(results)), on_log=vms.log, on_warn=vms.log)
-    assert result["downloads_reset"] == ["run-a"]
+    assert result.downloads_reset == ["run-a"]
     assert downloads.Tracker(results).get("run-a")["status"] == "failed"
     empty = tmp_path / "never-pulled"
-    assert reconcile(vms.cfg.replace(results_dir=str(empty)), on_log=vms.log, on_warn=vms.log)["downloads_reset"] == []
+    assert reconcile(vms.cfg.replace(results_dir=str(empty)), on_log=vms.log, on_warn=vms.log).downloads_reset == []
     assert not empty.exists()  # reconcile creates nothing where no pull ever ran
 
 

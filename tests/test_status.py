@@ -63,3 +63,43 @@ def test_bin_status_runs(vms, bucket):
     proc = run_bin("status", env=vms.cloud.env(state_dir=vms.cfg.state_dir, bucket=bucket.bucket_name))
     assert proc.returncode == 0, proc.stderr
     assert "image:" in proc.stdout and "VMs:" in proc.stdout and "prices:" in proc.stdout
+
+
+def test_status_moves_a_corrupt_state_file_aside_and_goes_on(vms):
+    from lib.state import STATE_FILE, SessionState
+
+    name = vms.create()
+    path = vms.cfg.state_path / STATE_FILE
+    path.write_bytes(b'{"vms": {')
+    warnings: list[str] = []
+    info = status.status(vms.cfg, on_log=vms.log, on_warn=warnings.append)
+    moved = list(vms.cfg.state_path.glob(f"{STATE_FILE}.corrupt-*"))
+    assert [str(m) for m in moved] == [info["state_moved_aside"]] and moved[0].read_bytes() == b'{"vms": {'
+    assert any("moved aside" in w for w in warnings)
+    assert name in {r["name"] for r in info["vms"]}  # the VMs still show (as orphans: the labels say they are ours)
+    assert SessionState(vms.cfg).readable()
+    compute.delete_vm(vms.cfg, name, on_log=vms.log)
+
+
+def test_a_labelled_vm_that_never_reported_is_deleted_whoever_launched_it(vms, bucket):
+    """A launcher killed mid-insert (on this PC or another) leaves a VM nobody guards: a run-staged VM that has
+    published no first status long after its launch is deleted by status; one that reported, or is young, stays."""
+    from lib.state import SessionState
+
+    cfg = vms.cfg.replace(bucket=f"t-never-made-{time.time_ns()}")  # the VMs' own bucket is the one looked in
+    long_ago, where = time.time() - 300, {"ops-hpc-bucket": bucket.bucket_name}
+    silent = vms.create(reports_status=True, now=long_ago, metadata=where)
+    spoke = vms.create(reports_status=True, now=long_ago, metadata=where)
+    lost = vms.create(reports_status=True, now=long_ago)  # its bucket (the configured one) does not exist: kept
+    young = vms.create(reports_status=True)
+    quiet_by_design = vms.create(now=long_ago)  # not a run-staged VM: it publishes no status, and is kept
+    storage.upload_bytes(bucket, f"_status/{compute.get_vm(cfg, spoke).run_id}/{spoke}.txt", b"format=1 state=running")
+    for name in (silent, spoke, lost, young, quiet_by_design):
+        SessionState(cfg).unregister_vm(name)  # as if launched from another PC
+    warnings: list[str] = []
+    info = status.status(cfg, on_log=vms.log, on_warn=warnings.append, first_status_s=120)
+    assert info["reconcile"]["deleted"] == [silent] and compute.get_vm(cfg, silent) is None
+    assert any(silent in w and "never reported a first status" in w for w in warnings)
+    for name in (spoke, lost, young, quiet_by_design):
+        assert compute.get_vm(cfg, name).status == "RUNNING"
+        compute.delete_vm(cfg, name, on_log=vms.log)

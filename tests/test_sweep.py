@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import time
+from dataclasses import replace
 from pathlib import PureWindowsPath
 
 import pytest
 from filelock import FileLock
 
 from lib import compute, paths, sweep
+from lib.compute import Vm
+from lib.errors import UsageError
 from tests.helpers import run_bin
 from tests.vm_helpers import vm_env
 
@@ -22,15 +27,15 @@ def vms(localcloud, tmp_path):
 
 def test_decide_rules():
     now = 10_000.0
-    vm = {"ours": True, "status": "RUNNING", "expected_end": 9_000}
-    assert sweep.decide({**vm, "ours": False}, now=now, grace_s=0)[0] == "orphan"
-    assert sweep.decide({**vm, "ours": False, "status": "TERMINATED"}, now=now, grace_s=0)[0] == "orphan"
-    assert sweep.decide({**vm, "status": "TERMINATED", "expected_end": 99_999}, now=now, grace_s=0)[0] == "delete"
+    vm = Vm(name="v", zone="z", ours=True, status="RUNNING", expected_end=9_000)
+    assert sweep.decide(replace(vm, ours=False), now=now, grace_s=0)[0] == "orphan"
+    assert sweep.decide(replace(vm, ours=False, status="TERMINATED"), now=now, grace_s=0)[0] == "orphan"
+    assert sweep.decide(replace(vm, status="TERMINATED", expected_end=99_999), now=now, grace_s=0)[0] == "delete"
     assert sweep.decide(vm, now=now, grace_s=900)[0] == "delete"  # 1000 s late, 900 s grace
     assert sweep.decide(vm, now=now, grace_s=1200)[0] == "keep"
     assert sweep.decide(vm, now=now, grace_s=600)[0] == "delete"
     assert sweep.decide(vm, now=now, grace_s=600, state_end=9_900)[0] == "keep"  # an extension in session state
-    assert sweep.decide({**vm, "expected_end": None}, now=now, grace_s=0)[0] == "keep"
+    assert sweep.decide(replace(vm, expected_end=None), now=now, grace_s=0)[0] == "keep"
 
 
 def test_sweep_deletes_overdue_and_stopped_spares_unlabeled_and_live(vms):
@@ -43,17 +48,17 @@ def test_sweep_deletes_overdue_and_stopped_spares_unlabeled_and_live(vms):
 
     lines: list[str] = []
     dry = sweep.sweep(cfg, dry_run=True, on_log=lines.append, on_warn=lines.append)
-    assert {i["name"] for i in dry["would_delete"]} >= {overdue, stopped} and dry["deleted"] == []
-    assert compute.get_vm(cfg, overdue)["status"] == "RUNNING"  # dry run touched nothing
+    assert {i.name for i in dry.would_delete} >= {overdue, stopped} and dry.deleted == []
+    assert compute.get_vm(cfg, overdue).status == "RUNNING"  # dry run touched nothing
 
     result = sweep.sweep(cfg, grace_min=15, on_log=lines.append, on_warn=lines.append)
-    deleted = {d["name"]: d["reason"] for d in result["deleted"]}
+    deleted = {d.name: d.reason for d in result.deleted}
     assert "overdue" in deleted[overdue] and "TERMINATED" in deleted[stopped]
-    assert live in {k["name"] for k in result["kept"]}
-    assert unlabeled in {o["name"] for o in result["orphans"]}
+    assert live in {k.name for k in result.kept}
+    assert unlabeled in {o.name for o in result.orphans}
     assert compute.get_vm(cfg, overdue) is None and compute.get_vm(cfg, stopped) is None
-    assert compute.get_vm(cfg, live)["status"] == "RUNNING"
-    assert compute.get_vm(cfg, unlabeled)["status"] == "RUNNING"
+    assert compute.get_vm(cfg, live).status == "RUNNING"
+    assert compute.get_vm(cfg, unlabeled).status == "RUNNING"
     assert any(unlabeled in line and "left alone" in line for line in lines)
     compute.delete_vm(cfg, live, on_log=vms.log)
     compute.delete_vm(cfg, unlabeled, force=True, on_log=vms.log)
@@ -64,8 +69,8 @@ def test_concurrent_sweep_is_skipped_while_lock_held(vms):
     compute.set_expected_end(vms.cfg, name, time.time() - 7200)
     with FileLock(str(vms.cfg.state_path / sweep.LOCK_FILE)):
         result = sweep.sweep(vms.cfg, on_log=vms.log)
-    assert result["skipped"] and compute.get_vm(vms.cfg, name) is not None
-    assert [d["name"] for d in sweep.sweep(vms.cfg, on_log=vms.log)["deleted"]] == [name]
+    assert result.skipped and compute.get_vm(vms.cfg, name) is not None
+    assert [d.name for d in sweep.sweep(vms.cfg, on_log=vms.log).deleted] == [name]
 
 
 def test_bin_sweep_dry_run_then_real(vms, localcloud):
@@ -135,3 +140,56 @@ def test_cleanup_asks_then_deletes_our_vms_and_wipes_bucket(vms, localcloud):
     assert compute.get_vm(cfg, ours) is None and storage.list_blobs(cfg) == []
     assert compute.get_vm(cfg, theirs) is not None  # never an unlabeled VM
     compute.delete_vm(cfg, theirs, force=True, on_log=vms.log)
+
+
+def _corrupt_state(cfg) -> bytes:
+    from lib.state import STATE_FILE
+
+    path = cfg.state_path / STATE_FILE
+    path.write_bytes(b'{"version": 1, "vms": {"x": ')  # a crash mid-write by some other tool, or a bad edit
+    return path.read_bytes()
+
+
+def test_sweep_and_cleanup_work_from_labels_when_the_state_file_is_corrupt(vms, localcloud):
+    """A corrupt session_state.json disables no safety net: the sweeper deletes the overdue VM, cleanup deletes
+    ours, and neither touches the file (status is the one that moves it aside)."""
+    from lib.state import STATE_FILE
+
+    overdue, other = vms.create(), vms.create()
+    compute.set_expected_end(vms.cfg, overdue, time.time() - 7200)
+    before = _corrupt_state(vms.cfg)
+    real = run_bin("sweep", env=localcloud.env(state_dir=vms.cfg.state_dir))
+    assert real.returncode == 0, real.stderr
+    assert f"deleted {overdue}" in real.stdout and "not valid JSON" in real.stdout
+    assert compute.get_vm(vms.cfg, overdue) is None and compute.get_vm(vms.cfg, other) is not None
+    done = sweep.cleanup(vms.cfg.replace(bucket=localcloud.new_bucket("corrupt").bucket_name),
+                         confirm=lambda q: True, on_log=vms.log)
+    assert other in done["vms_deleted"] and compute.get_vm(vms.cfg, other) is None
+    assert (vms.cfg.state_path / STATE_FILE).read_bytes() == before
+
+
+def test_a_negative_grace_is_refused_in_one_line(vms, localcloud):
+    """--grace -60 would delete a run an hour before its expected end."""
+    name = vms.create()
+    proc = run_bin("sweep", "--grace", "-60", env=localcloud.env(state_dir=vms.cfg.state_dir))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "grace -60" in proc.stderr, proc.stderr
+    assert compute.get_vm(vms.cfg, name).status == "RUNNING"
+    with pytest.raises(UsageError):
+        sweep.sweep(vms.cfg, grace_min=-1, on_log=vms.log)
+    compute.delete_vm(vms.cfg, name, on_log=vms.log)
+
+
+def test_summary_line_counts_what_reconcile_deleted(vms, localcloud):
+    """The cron log's one line must not say '0 deleted' when the sweep's reconcile deleted a dead guard's VM."""
+    from lib import jsonfile
+    from lib.state import STATE_FILE
+
+    name = vms.create()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with jsonfile.edit(vms.cfg.state_path / STATE_FILE) as data:
+        data["vms"][name].update(owner={"pid": dead.pid, "create_time": None, "host": "", "since": 0}, guarded=True)
+    proc = run_bin("sweep", env=localcloud.env(state_dir=vms.cfg.state_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert compute.get_vm(vms.cfg, name) is None
+    assert proc.stdout.strip().splitlines()[-1].startswith("sweep: 1 deleted,"), proc.stdout

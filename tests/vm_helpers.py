@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
 from lib import clients, compute
 from lib.config import Config
+from lib.polling import poll_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL = "e2-standard-2"  # 2 vCPUs: cheap on quota in the local cloud
@@ -37,17 +37,12 @@ def ensure_opensees_image(cfg: Config) -> str:
 
 
 def wait_gone(cfg: Config, name: str, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if compute.get_vm(cfg, name) is None:
-            return True
-        time.sleep(0.1)
-    return False
+    return bool(poll_until(lambda: compute.get_vm(cfg, name) is None, timeout, 0.1))
 
 
 def reap(cfg: Config, prefix: str) -> list[str]:
     """Delete every VM whose name starts with `prefix` (test cleanup); returns the names that were still there."""
-    left = [vm["name"] for vm in compute.list_vms(cfg, ours_only=False) if vm["name"].startswith(prefix)]
+    left = [vm.name for vm in compute.list_vms(cfg, ours_only=False) if vm.name.startswith(prefix)]
     for name in left:
         compute.delete_vm(cfg, name, force=True, on_log=lambda _: None)
     return left
@@ -88,8 +83,8 @@ class VmEnv:
 
     def alive(self) -> list[str]:
         """Names of this test's VMs that exist and are not TERMINATED/STOPPED."""
-        return [v["name"] for v in compute.list_vms(self.cfg, ours_only=False)
-                if v["name"].startswith(self.prefix) and v["status"] not in compute.STOPPED_STATES]
+        return [v.name for v in compute.list_vms(self.cfg, ours_only=False)
+                if v.name.startswith(self.prefix) and v.status not in compute.STOPPED_STATES]
 
 
 def vm_env(localcloud, tmp_path):

@@ -7,6 +7,7 @@ kinds are what a real network and a real Google API do to you:
   http:429, http:503 (any http:CODE) - Google's JSON error with that code
   reset                              - the TCP connection is dropped with an RST, no answer
   stall                              - the answer is held back for `seconds` (the client times out)
+  delay                              - the call is executed, then its answer held `seconds` (an insert in flight)
   corrupt                            - storage media downloads only: one byte flipped, same size
   stockout                           - compute instance inserts (and starts) whose path matches: the operation
                                        fails with ZONE_RESOURCE_POOL_EXHAUSTED, as GCE does when a zone is out
@@ -60,9 +61,10 @@ class FaultRegistry:
     def add(self, api: str, kind: str, count: int = 1, match: str = "", seconds: float = 5.0) -> Fault:
         if api not in APIS:
             raise ValueError(f"unknown api {api!r}: one of {', '.join(APIS)}")
-        if not (kind in ("reset", "stall", "corrupt", "stockout") or re.fullmatch(r"http:[1-5][0-9][0-9]", kind)
+        if not (kind in ("reset", "stall", "delay", "corrupt", "stockout") or re.fullmatch(r"http:[1-5][0-9][0-9]", kind)
                 or re.fullmatch(r"deny:[a-z]+\.[a-zA-Z]+\.[a-zA-Z]+", kind)):
-            raise ValueError(f"unknown fault kind {kind!r}: http:CODE, reset, stall, corrupt, stockout or deny:PERMISSION")
+            raise ValueError(f"unknown fault kind {kind!r}: http:CODE, reset, stall, delay, corrupt, stockout "
+                             "or deny:PERMISSION")
         re.compile(match)
         fault = Fault(api=api, kind=kind, count=int(count), match=match, seconds=float(seconds))
         with self._lock:

@@ -89,4 +89,17 @@ def apply_fault(faults: FaultRegistry | None, api: str, request: Request) -> Res
         raise ConnectionDropped(target)
     if fault.kind == "stall":
         time.sleep(fault.seconds)
+    if fault.kind == "delay":  # the handler runs now; `delayed` holds its answer back
+        request.environ[DELAY_KEY] = fault.seconds
     return None
+
+
+DELAY_KEY = "localcloud.delay_s"
+
+
+def delayed(request: Request, response: Response) -> Response:
+    """Hold an answer back when a 'delay' fault chose this request (the work is already done)."""
+    hold = request.environ.get(DELAY_KEY)
+    if hold:
+        time.sleep(float(hold))
+    return response

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib import clients, stage, storage
+from lib import clients, naming, stage, storage
 from lib.batches import parse_batch, shard_by_timeout
 from lib.config import Config
 from lib.errors import Refused, UsageError
@@ -109,7 +109,7 @@ def run_staged(cfg: Config, batch_path: str | Path | None, *, wait: bool = False
     names = None
     if rerun:
         suffix = time.strftime("%H%M%S")
-        names = [f"{stage.vm_name(run_id)}-x{suffix}-{i + 1}" for i in range(len(shards))]
+        names = [naming.vm_name(run_id, rerun=suffix, shard=i + 1) for i in range(len(shards))]
     specs = plan_vms(cfg, run_id, shards, total=total, spot=spot, image=image, machine_type=machine_type,
                      names=names)  # machine type, image, max run duration, quota: refused before any upload
     launched = False

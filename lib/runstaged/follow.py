@@ -19,7 +19,6 @@ The rules live in `plan`, which touches nothing, so they are table-tested withou
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 from lib import clients, compute, retry, storage
 from lib.config import Config
 from lib.log import Log, quiet
+from lib.naming import vm_name
 from lib.runstaged.launch import VmRun, launch
 from lib.runstatus import FINAL, VM_DONE, read_statuses, stranded
-from lib.stage import StagedModel, vm_name
+from lib.stage import StagedModel
 
 if TYPE_CHECKING:
     from lib.state import SessionState
@@ -278,7 +278,7 @@ class Follower:
             else:
                 log(f"{name}: gone while {vm.state} ({vm.how}); unfinished: {', '.join(unfinished) or 'none'}")
         for r in acts.relaunch:
-            name = f"{vm_name(f.run_id)}-r{r.attempt}-{uuid.uuid4().hex[:3]}"
+            name = vm_name(f.run_id, relaunch=f.relaunches + 1)  # unique within the run
             log(f"relaunching {', '.join(r.models)} on {'spot' if r.spot else 'on-demand'} VM {name}")
             new = launch(self.cfg, f.run_id, [[self.models[m] for m in r.models]], total=len(f.expected),
                          spot=r.spot, image=self.image, machine_type=r.machine_type, names=[name], on_log=log,

@@ -20,8 +20,9 @@ from lib import clients, compute, paths, retry, storage
 from lib.config import Config
 from lib.errors import OpsError
 from lib.log import Log, quiet
+from lib.naming import vm_name
 from lib.runstatus import parse_status
-from lib.stage import StagedModel, vm_name
+from lib.stage import StagedModel
 
 if TYPE_CHECKING:
     from lib.state import SessionState
@@ -87,7 +88,7 @@ def plan_vms(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], 
              names: Sequence[str] | None = None) -> list[compute.VmSpec]:
     """Every VM of a launch, validated (machine type, image, max run duration, quota summed) before any exists."""
     cfg = clients.resolve(cfg)
-    names = list(names or [vm_name(run_id, i + 1 if len(shards) > 1 else None) for i in range(len(shards))])
+    names = list(names or [vm_name(run_id, shard=i + 1 if len(shards) > 1 else None) for i in range(len(shards))])
     script = paths.vm_script("startup.sh").read_text(encoding="utf-8")
     specs = []
     now = time.time()
@@ -96,7 +97,7 @@ def plan_vms(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], 
         max_run_s = compute.max_run_seconds(timeouts, cfg.upload_timeout_min)
         end = now + max_run_s / (cfg.time_scale if cfg.local else 1.0)
         specs.append(compute.plan_vm(cfg, name=name, kind="analysis", run_id=run_id, image=image, spot=spot,
-                                     machine_type=machine_type, job_timeouts_min=timeouts, startup_script=script,
+                                     machine_type=machine_type, job_timeouts_min=timeouts, startup_script=script, reports_status=True,
                                      metadata=_metadata(cfg, run_id, [m.name for m in shard], total, end), now=now))
     if len(specs) > 1:
         check_quota(specs, lambda mt, cpus, sp: compute.cpu_quota(cfg, mt, cpus, sp))
@@ -129,7 +130,7 @@ def launch(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], *,
         for spec, run in zip(specs, runs, strict=True):
             guards.append(stack.enter_context(VMGuard(cfg, spec.name, on_log=on_log, state=state)))
             vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
-            run.id, run.created = vm.get("id", ""), time.time()
+            run.id, run.created = vm.id, time.time()
             on_log(f"{spec.name}: {len(run.models)} model(s) ({', '.join(run.models)}); "
                    f"deleted by Google after {spec.max_run_s // 3600} h at the latest")
         _confirm_up(cfg, run_id, runs, timeout, on_log)

@@ -19,7 +19,7 @@ from lib.localcloud.compute.exceptions import ComputeError, InvalidValue, Resour
 from lib.localcloud.compute.models import GOOGLE, ComputeModel
 from lib.localcloud.compute.models.filters import compile_filter
 from lib.localcloud.compute.models.util import check_op_delay
-from lib.localcloud.http import apply_fault, google_error, json_response
+from lib.localcloud.http import apply_fault, delayed, google_error, json_response
 
 Handler = Callable[[Request, dict[str, str]], Any]
 P = r"projects/(?P<project>[^/]+)"
@@ -292,7 +292,7 @@ def handle(model: ComputeModel, compute: ComputeResponses, admin: AdminResponses
         refused = iam.refusal("compute", request.method, path, request.headers.get("Authorization"), faults)
         if refused is not None:
             return json_response(refused[1], status=refused[0])
-        return compute.dispatch(request, path[len("/compute/v1/"):].rstrip("/"))
+        return delayed(request, compute.dispatch(request, path[len("/compute/v1/"):].rstrip("/")))
     if path.startswith("/_localcloud/"):
         return admin.dispatch(request, path[len("/_localcloud/"):])
     if path.startswith("/v1/projects/") and quotas is not None:
