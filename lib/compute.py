@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib import clients, retry
+from lib import clients, errors, retry
 from lib.config import Config
 from lib.errors import OpsError, Refused, UsageError
 from lib.log import Log
@@ -153,7 +153,7 @@ def resolve_image(cfg: Config, kind: str = "analysis", image: str | None = None)
             raise
     what = f"image family {family!r}" if family else f"image {name!r}"
     hint = "build it with `make build`" if family == cfg.image_family and kind == "analysis" else "check the name"
-    raise OpsError(f"{what} not found in project {project}: {hint} (nothing was created)")
+    raise errors.Missing(f"{what} not found in project {project}: {hint} (nothing was created)")
 
 
 def _machine_type(cfg: Config, machine_type: str) -> Any:
@@ -327,7 +327,7 @@ def wait_operation(op: Any, what: str, *, timeout: float = OP_TIMEOUT_S) -> None
     try:
         op.result(timeout=timeout)
     except gexc.GoogleAPICallError as exc:
-        raise OpsError(f"{what} failed: {getattr(exc, 'message', exc)}") from None
+        raise errors.explain(exc, what=f"{what} failed") from None
     if getattr(op, "error_code", None):
         raise OpsError(f"{what} failed: {op.error_message or op.error_code}")
 
@@ -385,7 +385,7 @@ def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = print, state: Any = No
         if isinstance(exc, gexc.Conflict):
             raise OpsError(f"a VM named {spec.name} already exists in {spec.zone}: choose another name") from None
         if isinstance(exc, gexc.GoogleAPICallError):
-            raise OpsError(f"creating VM {spec.name} failed: {getattr(exc, 'message', exc)}") from None
+            raise errors.explain(exc, what=f"creating VM {spec.name} failed") from None
         raise
     state.register_vm(spec.name, run_id=spec.run_id, kind=spec.kind, zone=spec.zone, expected_end=spec.expected_end,
                       max_run_end=spec.max_run_end, phase="running")
