@@ -136,7 +136,7 @@ def delete_many(cfg: Config, objects: Sequence[tuple[str, int | None]]) -> dict[
                 bkt.blob(name).delete(if_generation_match=generation, retry=None)
         # finish() (run by the context manager) keeps the per-item answers here, in request order
         again, failure = [], None
-        for (name, generation), answer in zip(chunk, batch._responses, strict=True):
+        for (name, generation), answer in zip(chunk, clients.batch_responses(batch), strict=True):
             status = answer.status_code
             if status in retry.RETRYABLE_HTTP_CODES:
                 again.append((name, generation))
