@@ -21,8 +21,8 @@ NAME ?=
 RUN ?=
 
 .PHONY: help venv lock lint test demo localcloud-up localcloud-down localcloud-status \
-	build run run-staged stage pull watch verify status setup cleanup sweep log monitor \
-	extend abort emergency stop-vm bench-pull bench
+	build run run-staged stage pull watch verify status setup cleanup sweep log monitor config \
+	extend abort emergency delete-vm stop-vm bench-pull bench check-platforms sizes
 
 help:  ## list the jobs
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 20
@@ -58,13 +58,13 @@ localcloud-status: venv  ## what the local cloud runs
 build: venv  ## build the opensees-hpc image
 	$(INVOKE) build
 run: venv  ## run JOBS over ssh with deadlines
-	$(INVOKE) run --jobs $(JOBS)
+	$(INVOKE) run.jobs --jobs $(JOBS)
 run-staged: venv  ## stage BATCH, launch a self-deleting VM (WAIT=1 to follow and pull)
 	$(INVOKE) run-staged --batch $(BATCH) $(if $(WAIT),--wait) $(if $(VMS),--vms $(VMS)) $(if $(SPOT),--spot)
 stage: venv  ## zip and upload BATCH's models
 	$(PYTHON) bin/stage $(BATCH)
-pull: venv  ## download, verify and clean every result set into DIR
-	$(PYTHON) bin/pull --yes --dir $(DIR)
+pull: venv  ## download, verify and clean every result set into DIR (LIST=1 only lists, SET=ID one set)
+	$(PYTHON) bin/pull $(if $(LIST),--list,--yes) $(if $(SET),--set $(SET)) --dir $(DIR)
 watch: venv  ## keep pulling every INTERVAL seconds until Ctrl+C
 	$(PYTHON) bin/pull --yes --watch --interval $(INTERVAL) --dir $(DIR)
 verify: venv  ## re-check DIR against GCS or the manifests
@@ -87,8 +87,11 @@ abort: venv  ## kill OpenSees on VM NAME; the VM stays
 	$(INVOKE) abort --name $(NAME)
 emergency: venv  ## push whatever is on VM NAME's disk to the bucket now
 	$(INVOKE) emergency --name $(NAME)
-stop-vm: venv  ## delete VM NAME now
-	$(INVOKE) stop-vm --name $(NAME)
+delete-vm: venv  ## delete VM NAME now
+	$(INVOKE) delete-vm --name $(NAME)
+stop-vm: delete-vm  ## the older name of delete-vm
+config: venv  ## every effective setting and where it came from
+	$(INVOKE) config
 
 bench-pull: venv  ## benchmark bin/pull against gcloud storage rsync (not part of make test)
 	$(PYTHON) -m pytest -q -s tests/bench/bench_pull.py

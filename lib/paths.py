@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = REPO / "bin"
-VM_SCRIPTS = REPO / "vm-scripts"
+PACKAGE = Path(__file__).resolve().parent
+REPO = PACKAGE.parent
+# A git checkout has bin/ and vm-scripts/ next to lib/; an installed package carries them inside
+# lib/ (pyproject.toml maps them there as package data).
+CHECKOUT = (REPO / "vm-scripts").is_dir() and (REPO / "bin").is_dir()
+BIN = REPO / "bin" if CHECKOUT else PACKAGE / "bin"
+VM_SCRIPTS = REPO / "vm-scripts" if CHECKOUT else PACKAGE / "vm_scripts"
 
 # Staged with every run-staged run (_uploads/RUN/vm-scripts/) and fetched by startup.sh.
 STAGED_SCRIPTS = ("lib.sh", "run_analysis.sh")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from google.api_core import exceptions as gexc
 from invoke import Context, Exit
 
-import tasks
-from lib import errors
+from lib import errors, tasks
 
 
 def _task(raising):
@@ -53,3 +55,47 @@ def test_run_staged_wait_interrupted_says_the_vms_keep_running(monkeypatch):
     with pytest.raises(Exit) as info:
         tasks.run_staged(Context(), wait=True)
     assert info.value.code == 130 and "delete themselves" in info.value.message and "log" in info.value.message
+
+
+# -- the namespace ---------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _task_flags(path: str) -> set[str]:
+    task = tasks.ns[path]
+    return {name.replace("_", "-") for arg in task.get_arguments() for name in arg.names}
+
+
+def test_namespaces_hold_the_areas():
+    for path in ("localcloud.up", "localcloud.down", "results.pull", "results.watch", "results.verify",
+                 "vm.launch", "vm.delete", "vm.abort", "vm.emergency", "vm.monitor", "vm.extend",
+                 "image.list", "image.archive", "image.build", "run.staged", "run.jobs", "run.log", "run.demo"):
+        assert tasks.ns[path].body is not None, path
+
+
+def test_every_make_target_names_an_invoke_task_and_its_flags():
+    """The Makefile keeps flat names: each `$(INVOKE) TASK --flag` must resolve in the namespace."""
+    calls = re.findall(r"\$\(INVOKE\) ([\w.-]+)((?: [^\n]*)?)", (REPO / "Makefile").read_text())
+    assert len(calls) >= 12
+    for name, rest in calls:
+        flags = set(re.findall(r"--([a-z][\w-]*)", rest))
+        assert flags <= _task_flags(name), (name, flags - _task_flags(name))
+
+
+def test_pull_task_offers_the_flags_of_bin_pull(monkeypatch):
+    seen = []
+    monkeypatch.setattr(tasks, "script", lambda name, *argv: seen.append((name, argv)))
+    tasks.pull(Context(), list=True)
+    tasks.pull(Context(), yes=True, watch=True, interval=5, set="TTFlat_20260406-153012", dir="out")
+    assert seen[0] == ("pull", ("--list",))
+    name, argv = seen[1]
+    assert name == "pull" and {"--yes", "--watch", "--set", "--dir"} <= set(argv) and argv[argv.index("--interval") + 1] == "5"
+    assert argv[argv.index("--set") + 1] == "TTFlat_20260406-153012"
+    parse = tasks.load_script("pull")._parse_arguments  # and bin/pull accepts them as given
+    for _, given in seen:
+        parse(list(given))
+
+
+def test_stop_vm_stays_an_alias_of_delete_vm():
+    assert tasks.ns["stop-vm"] is tasks.ns["delete-vm"] is tasks.ns["vm.delete"]
