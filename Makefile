@@ -1,7 +1,7 @@
-# ops-hpc: the Makefile only bootstraps .venv and names the jobs; tasks.py and bin/ do the work.
+# ops-hpc: the Makefile only bootstraps .venv and names the jobs; lib/tasks.py and bin/ do the work.
 # Windows: `py -m venv .venv && .venv\Scripts\pip install -r requirements.txt -c requirements.lock`
-# (Python 3.10: -c requirements-py310.lock),
-# then `.venv\Scripts\invoke --list` gives the same jobs.
+# (Python 3.10: -c requirements-py310.lock), then `.venv\Scripts\ops-hpc --help` (or invoke --list)
+# gives the same jobs.
 
 PY ?= python3
 VENV := .venv
@@ -10,7 +10,7 @@ PYTHON := $(BIN)/python
 INVOKE := $(BIN)/invoke
 # Python 3.10 resolves to older releases of a few packages: it has its own lock.
 LOCK := $(shell $(if $(wildcard $(PYTHON)),$(PYTHON),$(PY)) -c 'import sys; print("requirements-py310.lock" if sys.version_info < (3, 11) else "requirements.lock")')
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt $(LOCK) | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 
 BATCH ?= batches/example.txt
 JOBS ?= batches/jobs.txt
@@ -27,17 +27,17 @@ RUN ?=
 help:  ## list the jobs
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 20
 
-$(STAMP): requirements.txt $(LOCK)
+$(STAMP): requirements.txt pyproject.toml $(LOCK)
 	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	@echo "installing pinned dependencies ($(LOCK)) into $(VENV) ..."
+	@echo "installing ops-hpc with its local and dev extras, pinned by $(LOCK), into $(VENV) ..."
 	@$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt -c $(LOCK)
 	@rm -f $(VENV)/.installed-* && touch $@
 
-venv: $(STAMP)  ## create .venv with the pinned dependencies
+venv: $(STAMP)  ## create .venv: ops-hpc (editable) with the [local,dev] extras, pinned by the lock
 
 lock: venv  ## regenerate this Python's lock file from the current .venv
 	@(echo '# Full resolved set from `pip freeze` (constraints for `make venv`). Regenerate with `make lock`.'; \
-	  $(PYTHON) -m pip freeze --exclude-editable) > $(LOCK)
+	  $(PYTHON) -m pip freeze --exclude-editable | $(PYTHON) .ci/lock_markers.py) > $(LOCK)
 
 lint: venv  ## ruff check
 	$(BIN)/ruff check .
@@ -92,6 +92,11 @@ delete-vm: venv  ## delete VM NAME now
 stop-vm: delete-vm  ## the older name of delete-vm
 config: venv  ## every effective setting and where it came from
 	$(INVOKE) config
+
+check-platforms: venv  ## a wheel of ops-hpc resolves to wheels on Windows, macOS, Linux for Python 3.10-3.13 (needs PyPI)
+	$(PYTHON) .ci/check_platforms.py
+sizes: venv  ## install the wheel without extras into a fresh venv and measure it, and the dev .venv (needs PyPI)
+	$(PYTHON) .ci/sizes.py
 
 bench-pull: venv  ## benchmark bin/pull against gcloud storage rsync (not part of make test)
 	$(PYTHON) -m pytest -q -s tests/bench/bench_pull.py
