@@ -1,0 +1,156 @@
+"""Batch files: which models to run, one per line.
+
+    # comment
+    FOLDER [main=main.tcl] [cores=1] [timeout=60] [name=NAME]
+
+FOLDER is relative to the batch file's folder (its *base*) and must stay inside
+it; quote it if it holds spaces. `cores` is what OpenSeesMP gets (1 = sequential
+OpenSees), `timeout` is minutes, `name` defaults to the folder's name and names
+the result set. Every bad line is reported with file and line number before
+anything is uploaded or created, all of them at once, so a user fixes the file in
+one go.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from lib.errors import UsageError
+
+DEFAULTS = {"main": "main.tcl", "cores": "1", "timeout": "60"}
+KEYS = ("main", "cores", "timeout", "name")
+NAME_RX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+T = TypeVar("T")
+
+
+class BatchError(UsageError):
+    """One or more bad lines; the message lists each as FILE:LINE: problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems) if len(problems) == 1 else
+                         f"{len(problems)} problems:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    folder: Path
+    main: str
+    cores: int
+    timeout_min: int
+    line: int
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "main": self.main, "cores": self.cores, "timeout_min": self.timeout_min}
+
+
+@dataclass(frozen=True)
+class Batch:
+    path: Path
+    base: Path
+    models: tuple[Model, ...]
+
+    @property
+    def timeouts_min(self) -> list[int]:
+        return [m.timeout_min for m in self.models]
+
+
+def parse_batch(path: str | Path) -> Batch:
+    """Read and check a batch file; raises BatchError naming every bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"batch file {path} does not exist")
+    base = path.resolve().parent
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a text file (expected UTF-8)") from None
+    problems: list[str] = []
+    models: list[Model] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(lines, start=1):
+        where = f"{path}:{number}"
+        text = raw.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            tokens = shlex.split(text, posix=True)
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        folder_text, options = tokens[0], {}
+        bad = False
+        for token in tokens[1:]:
+            key, sep, value = token.partition("=")
+            if not sep or key not in KEYS:
+                problems.append(f"{where}: unknown option {token!r} (expected {', '.join(k + '=' for k in KEYS)})")
+                bad = True
+                continue
+            options[key] = value
+        if bad:
+            continue
+        values = {**DEFAULTS, **options}
+        folder = (base / folder_text).resolve()
+        if folder != base and base not in folder.parents:
+            problems.append(f"{where}: folder {folder_text!r} is outside the batch's base {base}")
+            continue
+        if not folder.is_dir():
+            problems.append(f"{where}: folder {folder_text!r} does not exist")
+            continue
+        main = values["main"]
+        if "/" in main or "\\" in main or main in ("", ".", ".."):
+            problems.append(f"{where}: main={main!r} must be a file name inside the folder")
+            continue
+        if not (folder / main).is_file():
+            problems.append(f"{where}: no main script {main!r} in {folder_text!r}")
+            continue
+        numbers = {}
+        for key in ("cores", "timeout"):
+            try:
+                numbers[key] = int(values[key])
+                if numbers[key] < 1:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"{where}: {key}={values[key]!r} is not a whole number of "
+                                f"{'cores' if key == 'cores' else 'minutes'} above 0")
+        if len(numbers) < 2:
+            continue
+        name = values.get("name") or folder.name
+        if not NAME_RX.fullmatch(name):
+            problems.append(f"{where}: model name {name!r} must be letters, digits, '.', '_' or '-' (set name=...)")
+            continue
+        if name.lower() in seen:
+            problems.append(f"{where}: duplicate model name {name!r} (first on line {seen[name.lower()]}; set name=...)")
+            continue
+        seen[name.lower()] = number
+        models.append(Model(name, folder, main, numbers["cores"], numbers["timeout"], number))
+    if problems:
+        raise BatchError(problems)
+    if not models:
+        raise UsageError(f"{path}: no models (one line per model: FOLDER [main=] [cores=] [timeout=])")
+    return Batch(path=path, base=base, models=tuple(models))
+
+
+def shard_by_timeout(items: Sequence[T], count: int, key: Callable[[T], float] | None = None) -> list[list[T]]:
+    """Split `items` into at most `count` shards balanced by timeout (LPT: longest first onto the least loaded).
+
+    Balancing on the timeouts bounds each VM's max run duration, which is what a VM costs in the worst case.
+    Each shard keeps the batch order; empty shards are dropped (more VMs than models gives one model each).
+    """
+    if count < 1:
+        raise UsageError("the number of VMs must be at least 1")
+    weight = key or (lambda item: getattr(item, "timeout_min", None) if not isinstance(item, dict) else item["timeout_min"])
+    order = sorted(range(len(items)), key=lambda i: (-float(weight(items[i])), i))
+    loads = [0.0] * min(count, len(items))
+    bins: list[list[int]] = [[] for _ in loads]
+    for i in order:
+        target = min(range(len(loads)), key=lambda b: (loads[b], b))
+        bins[target].append(i)
+        loads[target] += float(weight(items[i]))
+    return [[items[i] for i in sorted(b)] for b in bins if b]

@@ -1,0 +1,238 @@
+"""One Config for every command.
+
+Precedence, highest first: command-line flag > OPS_HPC_* environment variable >
+ops-hpc.toml > default. Every value is validated where it enters, and an error
+names the key and the source it came from, so a typo in a cron job's environment
+is as easy to find as one on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from lib.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ENV_PREFIX = "OPS_HPC_"
+CONFIG_FILE_ENV = "OPS_HPC_CONFIG"
+DEFAULT_CONFIG_FILE = "ops-hpc.toml"
+LOCAL_PROJECT = "ops-hpc-local"
+
+
+def _default_state_dir() -> str:
+    from platformdirs import user_state_dir
+
+    return user_state_dir("ops-hpc", appauthor=False)
+
+
+def _check(pattern: str, what: str) -> Callable[[str], str | None]:
+    rx = re.compile(pattern)
+
+    def check(value: str) -> str | None:
+        return None if rx.fullmatch(value) else what
+
+    return check
+
+
+def _bucket_problem(name: str) -> str | None:
+    """The subset of GCS bucket naming rules that a typo is likely to break."""
+    if not 3 <= len(name) <= 63:
+        return "bucket names are 3-63 characters"
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*[a-z0-9]", name):
+        return "bucket names use lowercase letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+    if name.startswith("goog") or "google" in name or "g00gle" in name:
+        return "bucket names cannot start with 'goog' or contain 'google'"
+    if ".." in name or ".-" in name or "-." in name:
+        return "bucket names cannot contain '..', '.-' or '-.'"
+    try:
+        ipaddress.ip_address(name)
+        return "bucket names cannot be IP addresses"
+    except ValueError:
+        return None
+
+
+_ZONE = _check(r"[a-z]+-[a-z]+[0-9]+-[a-z]", "expected a zone like us-central1-a")
+_REGION = _check(r"[a-z]+-[a-z]+[0-9]+", "expected a region like us-central1")
+_PROJECT = _check(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", "expected a project id: 6-30 lowercase letters, digits or '-'")
+_MACHINE = _check(
+    r"([a-z][a-z0-9]*-(standard|highmem|highcpu|megamem|ultramem|hypermem|highgpu|megagpu|ultragpu|micro|small|medium)(-[0-9]+)?(-lssd|-metal)?"
+    r"|([a-z][a-z0-9]*-)?custom-[0-9]+-[0-9]+(-ext)?)",
+    "expected a machine type like h3-standard-88 or n2-custom-8-32768",
+)
+_BACKEND = _check(r"local|gcp", "expected 'local' or 'gcp'")
+_ENDPOINT = _check(r"(https?://[^\s/]+(/\S*)?)?", "expected an http(s):// URL or nothing")
+_NAME = _check(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", "expected a lowercase resource name")
+
+
+def _opt(check: Callable[[str], str | None] | None, default: Any = "", doc: str = "") -> Any:
+    return field(default=default, metadata={"check": check, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a command needs to know about where and how to run."""
+
+    backend: str = _opt(_BACKEND, "gcp", "gcp, or local for the embedded local cloud")
+    project: str = _opt(None, "", "GCP project id")
+    region: str = _opt(_REGION, "", "defaults to the zone's region")
+    zone: str = _opt(_ZONE, "us-central1-a")
+    bucket: str = _opt(_bucket_problem, "", "defaults to PROJECT-ops-hpc")
+    image_family: str = _opt(_NAME, "opensees-hpc")
+    image_project: str = _opt(None, "", "project holding the opensees-hpc image; defaults to project")
+    build_image_family: str = _opt(_NAME, "hpc-rocky-linux-8")
+    build_image_project: str = _opt(None, "cloud-hpc-image-public")
+    build_machine_type: str = _opt(_MACHINE, "c2d-standard-32")
+    machine_type: str = _opt(_MACHINE, "h3-standard-88", "analysis VMs")
+    spot: bool = _opt(None, False, "spot VMs only when asked: preemption loses work")
+    disk_size_gb: int = _opt(None, 200)
+    service_account: str = _opt(None, "", "defaults to the project's compute service account")
+    network: str = _opt(_NAME, "default")
+    subnetwork: str = _opt(None, "")
+    use_iap: bool = _opt(None, False, "ssh through an IAP tunnel (VMs without external IPs)")
+    upload_timeout_min: int = _opt(None, 30, "minutes allowed for the last upload")
+    sweep_grace_min: int = _opt(None, 15, "minutes past a VM's expected end before the sweeper deletes it")
+    results_dir: str = _opt(None, "results")
+    state_dir: str = _opt(None, "", "session state and the local cloud; defaults to the platform's user state folder")
+    price_table: str = _opt(None, "", "a TOML file overriding lib/prices.toml")
+    compute_endpoint: str = _opt(_ENDPOINT, "", "override of https://compute.googleapis.com")
+    storage_endpoint: str = _opt(_ENDPOINT, "", "override of https://storage.googleapis.com")
+    monitoring_endpoint: str = _opt(None, "", "host:port of a Monitoring gRPC endpoint")
+    time_scale: float = _opt(None, 1.0, "local cloud only: how many times faster VM clocks run")
+
+    # -- derived values ---------------------------------------------------
+    @property
+    def local(self) -> bool:
+        return self.backend == "local"
+
+    @property
+    def region_name(self) -> str:
+        return self.region or self.zone.rsplit("-", 1)[0]
+
+    @property
+    def bucket_name(self) -> str:
+        return self.bucket or f"{self.project}-ops-hpc"
+
+    @property
+    def image_project_id(self) -> str:
+        return self.image_project or self.project
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir or _default_state_dir())
+
+    def require_project(self) -> Config:
+        """Commands that talk to GCP call this first: no project means no silent fallback."""
+        if not self.project:
+            raise ConfigError(
+                "no GCP project configured: set `project` in ops-hpc.toml or OPS_HPC_PROJECT, "
+                "or rehearse on the local cloud with `make demo` / OPS_HPC_BACKEND=local"
+            )
+        return self
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    # -- loading -----------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        path: str | os.PathLike | None = None,
+    ) -> Config:
+        """Merge the four sources; `overrides` are command-line values (None means not given); path="" reads no file."""
+        env = os.environ if env is None else env
+        raw: dict[str, tuple[Any, str]] = {}
+        names = {f.name for f in fields(cls)}
+
+        file = Path(path or env.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
+        if path == "":  # explicitly no file (tests, and `--config ''`)
+            pass
+        elif file.is_file():
+            try:
+                data = tomllib.loads(file.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{file}: not valid TOML ({exc})") from None
+            for key, value in data.items():
+                if key not in names:
+                    raise ConfigError(f"{file}: unknown key '{key}' (see ops-hpc.example.toml)")
+                raw[key] = (value, str(file))
+        elif path or env.get(CONFIG_FILE_ENV):
+            raise ConfigError(f"config file {file} does not exist")
+
+        for name in names:
+            var = ENV_PREFIX + name.upper()
+            if env.get(var, "") != "":
+                raw[name] = (env[var], f"environment variable {var}")
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                if name not in names:
+                    raise ConfigError(f"unknown setting '{name}'")
+                raw[name] = (value, f"--{name.replace('_', '-')}")
+
+        values = {name: _coerce(cls, name, value, source) for name, (value, source) in raw.items()}
+        if values.get("backend") == "local":
+            values.setdefault("project", LOCAL_PROJECT)
+            values.setdefault("bucket", "ops-hpc-local")
+        config = cls(**values)
+        if config.project:
+            problem = _PROJECT(config.project)
+            if problem:
+                source = raw.get("project", (None, "default"))[1]
+                raise ConfigError(f"project = {config.project!r} from {source}: {problem}")
+        return config
+
+
+def _coerce(cls: type[Config], name: str, value: Any, source: str) -> Any:
+    """Turn a raw value into the field's type and validate it, naming key and source on failure."""
+    spec = next(f for f in fields(cls) if f.name == name)
+    kind = type(spec.default)
+    where = f"{name} = {value!r} from {source}"
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false")
+    if kind in (int, float):
+        try:
+            number = kind(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number < 0 or (kind is int and isinstance(value, float)):
+            raise ConfigError(f"{where}: expected a non-negative {'whole number' if kind is int else 'number'}")
+        if name == "time_scale" and number <= 0:
+            raise ConfigError(f"{where}: expected a number above 0")
+        return number
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected text")
+    value = value.strip()
+    check = spec.metadata.get("check")
+    problem = check(value) if (check and value) else None
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    return value
+
+
+def describe() -> list[tuple[str, Any, str, str]]:
+    """(key, default, environment variable, doc) for every setting: used by help and the example file test."""
+    return [
+        (f.name, f.default, ENV_PREFIX + f.name.upper(), f.metadata.get("doc", ""))
+        for f in fields(Config)
+    ]

@@ -1,0 +1,171 @@
+"""What runs and what it costs: the image, ops-hpc's VMs, the bucket, and (--usage) 30 days of uptime x prices.
+
+Returns data; bin/status formats it. Costs are list prices from lib/prices.toml (or cfg.price_table),
+always printed with the date they were taken.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from lib import clients, compute, errors, pricing, retry, storage
+from lib.config import Config
+from lib.log import Log
+from lib.state import SessionState
+
+UPTIME = "compute.googleapis.com/instance/uptime"
+
+
+def image_info(cfg: Config) -> dict[str, Any] | None:
+    """Newest image of the analysis family, or None if there is none (yet)."""
+    try:
+        img = compute.resolve_image(cfg, "analysis")
+    except errors.Missing:
+        return None
+    return {"family": cfg.image_family, "project": cfg.image_project_id, "name": img.name,
+            "created": img.creation_timestamp, "disk_size_gb": int(img.disk_size_gb or 0),
+            "archive_size_bytes": int(img.archive_size_bytes or 0), "status": img.status}
+
+
+def vm_rows(cfg: Config, vms: list[dict[str, Any]], *, now: float | None = None) -> list[dict[str, Any]]:
+    """Each VM with uptime, minutes left before its expected end and before its max run duration, cost so far."""
+    now = time.time() if now is None else now
+    rows = []
+    for vm in vms:
+        running = vm["status"] == "RUNNING" and vm.get("last_start_epoch")
+        uptime = max(0.0, now - vm["last_start_epoch"]) if running else 0.0
+        hourly = pricing.hourly(cfg, vm["machine_type"], spot=vm["spot"])
+        rows.append({
+            "name": vm["name"], "status": vm["status"], "machine_type": vm["machine_type"], "spot": vm["spot"],
+            "kind": vm.get("kind", ""), "run_id": vm.get("run_id", ""), "uptime_s": int(uptime),
+            "left_expected_s": int(vm["expected_end"] - now) if vm.get("expected_end") else None,
+            "left_max_run_s": int(vm["max_run_end"] - now) if vm.get("max_run_end") and running else None,
+            "usd_per_hour": hourly, "cost_so_far_usd": None if hourly is None else round(hourly * uptime / 3600, 2),
+        })
+    return rows
+
+
+def bucket_info(cfg: Config) -> dict[str, Any]:
+    """Pending result sets (top-level prefixes and zips not starting with '_'), their sizes, storage USD/month."""
+    sets: dict[str, dict[str, Any]] = {}
+    total = 0
+    for blob in storage.list_blobs(cfg):
+        size = int(blob.size or 0)
+        total += size
+        top = blob.name.split("/", 1)[0]
+        if top.startswith("_"):
+            continue
+        entry = sets.setdefault(top, {"name": top, "objects": 0, "bytes": 0})
+        entry["objects"] += 1
+        entry["bytes"] += size
+    return {"bucket": cfg.bucket_name, "result_sets": sorted(sets.values(), key=lambda s: s["name"]),
+            "total_bytes": total, "usd_per_month": round(pricing.storage_monthly(cfg, total), 4)}
+
+
+def usage(cfg: Config, *, days: int = 30, now: float | None = None) -> dict[str, Any]:
+    """Per-VM uptime over the last `days` from Monitoring's uptime metric, priced by machine type."""
+    from google.cloud import monitoring_v3
+
+    cfg = clients.resolve(cfg)
+    now = time.time() if now is None else now
+    start = now - days * 86400
+    client = clients.monitoring(cfg)
+    request = monitoring_v3.ListTimeSeriesRequest(
+        name=f"projects/{cfg.project}",
+        filter=f'metric.type = "{UPTIME}"',
+        interval=monitoring_v3.TimeInterval(start_time=dt.datetime.fromtimestamp(start, dt.timezone.utc),
+                                            end_time=dt.datetime.fromtimestamp(now, dt.timezone.utc)),
+        aggregation=monitoring_v3.Aggregation(alignment_period={"seconds": 86400},
+                                              per_series_aligner=monitoring_v3.Aggregation.Aligner.ALIGN_SUM),
+        view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
+    )
+    series = retry.listing(client.list_time_series, request=request)
+    live = {vm["name"]: vm for vm in compute.list_vms(cfg, ours_only=False)}
+    history = SessionState(cfg).history()
+    per_vm: dict[str, dict[str, Any]] = {}
+    for ts in series:
+        name = ts.metric.labels.get("instance_name", ts.resource.labels.get("instance_id", "?"))
+        seconds = sum(p.value.double_value or p.value.int64_value for p in ts.points)
+        known = live.get(name) or history.get(name) or {}
+        machine = known.get("machine_type", "")
+        row = per_vm.setdefault(name, {"name": name, "machine_type": machine or "unknown", "spot": bool(known.get("spot")),
+                                       "seconds": 0.0, "hours": 0.0, "cost_usd": None})
+        row["seconds"] += seconds
+    total = 0.0
+    for row in per_vm.values():
+        row["seconds"] = round(row["seconds"], 1)
+        row["hours"] = round(row["seconds"] / 3600, 4)
+        price = pricing.hourly(cfg, row["machine_type"], spot=row["spot"]) if row["machine_type"] != "unknown" else None
+        if price is not None:
+            row["cost_usd"] = round(price * row["seconds"] / 3600, 4)
+            total += row["cost_usd"]
+    return {"days": days, "vms": sorted(per_vm.values(), key=lambda r: r["name"]), "total_usd": round(total, 2),
+            "prices": pricing.note(cfg)}
+
+
+def status(cfg: Config, *, with_usage: bool = False, on_log: Log = print, on_warn: Log = print) -> dict[str, Any]:
+    """Everything `status` shows; sections that fail are reported as errors, not fatal (so the rest still shows)."""
+    from lib.state import reconcile
+
+    cfg = clients.resolve(cfg)
+    out: dict[str, Any] = {"project": cfg.project, "zone": cfg.zone, "prices": pricing.note(cfg), "errors": []}
+    vms = compute.list_vms(cfg, ours_only=False)
+    out["reconcile"] = reconcile(cfg, on_log=on_log, on_warn=on_warn, vms=vms)
+    gone = set(out["reconcile"]["deleted"])
+    ours = [v for v in vms if v["ours"] and v["name"] not in gone]
+    out["vms"] = vm_rows(cfg, ours)
+    out["other_vms"] = sorted(v["name"] for v in vms if not v["ours"])
+    for key, fn in (("image", image_info), ("bucket", bucket_info)):
+        try:
+            out[key] = fn(cfg)
+        except Exception as exc:  # a missing bucket must not hide the VMs that bill
+            out[key] = None
+            known = errors.explain(exc)
+            if known is None:
+                raise
+            out["errors"].append(str(known) if known is not exc else f"{key}: {exc}")
+    if with_usage:
+        out["usage"] = usage(cfg)
+    return out
+
+
+def _dur(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    return f"{sign}{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def format_status(info: dict[str, Any]) -> list[str]:
+    """Lines for a terminal."""
+    lines = [f"project {info['project']}  zone {info['zone']}"]
+    img = info.get("image")
+    lines.append(f"image: {img['family']} -> {img['name']} created {img['created']}, {img['disk_size_gb']} GB disk, "
+                 f"{img['archive_size_bytes'] / 1e9:.2f} GB stored" if img else "image: none yet (make build)")
+    lines.append(f"VMs: {len(info['vms'])} ops-hpc" + (f", {len(info['other_vms'])} others (not ours, not shown)"
+                                                       if info["other_vms"] else ""))
+    for r in info["vms"]:
+        cost = "?" if r["cost_so_far_usd"] is None else f"{r['cost_so_far_usd']:.2f} USD"
+        lines.append(f"  {r['name']}  {r['status']}  {r['machine_type']}{' spot' if r['spot'] else ''}  "
+                     f"up {_dur(r['uptime_s'])}  to expected end {_dur(r['left_expected_s'])}  "
+                     f"to max run {_dur(r['left_max_run_s'])}  cost so far {cost}")
+    b = info.get("bucket")
+    if b:
+        lines.append(f"bucket gs://{b['bucket']}: {len(b['result_sets'])} pending result set(s), "
+                     f"{b['total_bytes'] / 1e6:.1f} MB, {b['usd_per_month']:.4f} USD/month")
+        for s in b["result_sets"]:
+            lines.append(f"  {s['name']}  {s['objects']} object(s)  {s['bytes'] / 1e6:.1f} MB")
+    u = info.get("usage")
+    if u:
+        lines.append(f"usage, last {u['days']} days (Monitoring uptime x price table): {u['total_usd']:.2f} USD")
+        for r in u["vms"]:
+            cost = "?" if r["cost_usd"] is None else f"{r['cost_usd']:.2f} USD"
+            lines.append(f"  {r['name']}  {r['machine_type']}{' spot' if r['spot'] else ''}  {r['hours']:.2f} h  {cost}")
+        if not u["vms"]:
+            lines.append("  no uptime recorded")
+    lines += [f"error: {e}" for e in info["errors"]]
+    lines.append(info["prices"])
+    return lines

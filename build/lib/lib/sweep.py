@@ -1,0 +1,228 @@
+"""The sweeper: run by cron / Task Scheduler every 5 minutes, it deletes ops-hpc VMs nobody will delete.
+
+Rules, in order, for every VM of the configured zone (and the zones session state mentions):
+1. no `ops-hpc=true` label            -> never touched; reported as an orphan it will not touch
+2. STOPPED / TERMINATED / SUSPENDED   -> deleted: its disk still bills and nothing will restart it
+3. past `ops-hpc-end` + grace minutes -> deleted: the run is overdue (the later of the label and session state wins,
+                                         so a deadline extension recorded in either is respected)
+4. otherwise (live and on time)       -> left alone, whoever runs it
+Session state is reconciled first (which also deletes VMs whose guarding process died uncleanly), and
+a lock in the state dir makes concurrent sweeps safe: the second one reports the first and does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path, PureWindowsPath
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from lib import clients, compute, paths
+from lib.config import Config
+from lib.log import Log
+from lib.state import SessionState, reconcile
+
+LOCK_FILE = "sweep.lock"
+LOG_FILE = "sweep.log"
+TASK_NAME = "ops-hpc-sweep"
+
+
+def _zones(cfg: Config) -> list[str]:
+    zones = {cfg.zone}
+    zones.update(e.get("zone") for e in SessionState(cfg).vms().values() if e.get("zone"))
+    return sorted(zones)
+
+
+def decide(vm: dict[str, Any], *, now: float, grace_s: float, state_end: float | None = None) -> tuple[str, str]:
+    """(action, reason) for one VM: action is 'orphan', 'delete' or 'keep'. Pure: the rules above."""
+    if not vm.get("ours"):
+        return "orphan", "no ops-hpc label: never touched by ops-hpc"
+    if vm["status"] in compute.STOPPED_STATES:
+        return "delete", f"{vm['status']}: its disk still bills"
+    ends = [e for e in (vm.get("expected_end"), state_end) if e]
+    if ends and now > max(ends) + grace_s:
+        late = int((now - max(ends)) // 60)
+        return "delete", f"overdue: {late} min past its expected end (grace {int(grace_s // 60)} min)"
+    if not ends:
+        return "keep", "no expected end: Google deletes it at its max run duration"
+    return "keep", f"live and on time ({int((max(ends) - now) // 60)} min to expected end)"
+
+
+def sweep(cfg: Config, *, grace_min: int | None = None, dry_run: bool = False, pull: bool = False,
+          now: float | None = None, on_log: Log = print, on_warn: Log = print) -> dict[str, Any]:
+    """One sweep; returns {deleted, would_delete, kept, orphans, failed, reconcile, pull, skipped}."""
+    cfg = clients.resolve(cfg)
+    result: dict[str, Any] = {"deleted": [], "would_delete": [], "kept": [], "orphans": [], "failed": [],
+                              "reconcile": None, "pull": None, "skipped": False, "dry_run": dry_run}
+    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(cfg.state_path / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        on_log("another sweep is running (lock held): nothing to do")
+        result["skipped"] = True
+        return result
+    try:
+        grace_s = 60.0 * (cfg.sweep_grace_min if grace_min is None else grace_min)
+        zones = _zones(cfg)
+        vms = [vm for z in zones for vm in compute.list_vms(cfg.replace(zone=z), ours_only=False)]
+        result["reconcile"] = reconcile(cfg, on_log=on_log, on_warn=on_warn, vms=vms, now=now, dry_run=dry_run)
+        now = time.time() if now is None else now
+        handled = set(result["reconcile"]["deleted"])
+        entries = SessionState(cfg).vms()
+        for vm in vms:
+            if vm["name"] in handled:
+                continue
+            state_end = (entries.get(vm["name"]) or {}).get("expected_end")
+            action, reason = decide(vm, now=now, grace_s=grace_s, state_end=state_end)
+            item = {"name": vm["name"], "zone": vm["zone"], "status": vm["status"], "reason": reason}
+            if action == "orphan":
+                result["orphans"].append(item)
+                on_warn(f"orphan (not ops-hpc's, left alone): {vm['name']} {vm['status']} in {vm['zone']}")
+            elif action == "keep":
+                result["kept"].append(item)
+                on_log(f"keep {vm['name']}: {reason}")
+            elif dry_run:
+                result["would_delete"].append(item)
+                on_log(f"would delete {vm['name']}: {reason}")
+            else:
+                try:
+                    gone = compute.delete_vm(cfg.replace(zone=vm["zone"]), vm["name"], on_log=lambda _: None)
+                    result["deleted"].append({**item, "already_gone": not gone})
+                    on_log(f"deleted {vm['name']}: {reason}")
+                except Exception as exc:  # one failure must not stop the sweep of the others
+                    result["failed"].append({**item, "error": str(exc)})
+                    on_warn(f"could not delete {vm['name']}: {exc}")
+        if pull:
+            result["pull"] = run_pull(cfg, dry_run=dry_run, on_log=on_log)
+    finally:
+        lock.release()
+    return result
+
+
+def run_pull(cfg: Config, *, dry_run: bool = False, on_log: Log = print) -> dict[str, Any]:
+    """The unattended pull (bin/pull --yes), as a subprocess so a failing pull cannot break the sweep."""
+    script = paths.BIN / "pull"
+    if not script.exists():
+        on_log("pull: bin/pull is not installed; skipped")
+        return {"ran": False, "reason": "bin/pull missing"}
+    cmd = [sys.executable, str(script), "--yes", "--dir", cfg.results_dir]
+    if dry_run:
+        on_log(f"would run: {shlex.join(cmd)}")
+        return {"ran": False, "reason": "dry run", "command": cmd}
+    env = {**os.environ, "OPS_HPC_STATE_DIR": str(cfg.state_path), "OPS_HPC_BACKEND": cfg.backend,
+           "OPS_HPC_PROJECT": cfg.project, "OPS_HPC_BUCKET": cfg.bucket_name}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    for line in (proc.stdout + proc.stderr).strip().splitlines()[-20:]:
+        on_log(f"pull: {line}")
+    return {"ran": True, "code": proc.returncode, "command": cmd}
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+
+def cron_line(repo: Path = paths.REPO, state_dir: Path | None = None, *, python: str | None = None) -> str:
+    """The crontab line: every 5 minutes, from the repo, appending to STATE/sweep.log."""
+    state = Path(state_dir) if state_dir else Path("~/.local/state/ops-hpc")
+    py = python or ".venv/bin/python"
+    return (f"*/5 * * * * cd {shlex.quote(str(repo))} && {py} bin/sweep "
+            f">> {shlex.quote(str(state / LOG_FILE))} 2>&1")
+
+
+def schtasks_command(repo: Path = paths.REPO, state_dir: Path | None = None) -> list[str]:
+    """The Task Scheduler command as argv: every 5 minutes, pythonw (no console window flashing) running
+    bin\\sweep, which appends to STATE\\sweep.log itself (no cmd.exe redirection to quote)."""
+    repo = PureWindowsPath(repo)
+    state = str(PureWindowsPath(state_dir)) if state_dir else r"%LOCALAPPDATA%\ops-hpc"
+    py = str(repo / ".venv" / "Scripts" / "pythonw.exe")
+    action = f'"{py}" "{repo / "bin" / "sweep"}" --log "{state}\\{LOG_FILE}"'
+    if Path(str(repo / "ops-hpc.toml")).exists():  # the task starts in System32: name the config file explicitly
+        action += f' --config "{repo / "ops-hpc.toml"}"'
+    return ["schtasks", "/Create", "/SC", "MINUTE", "/MO", "5", "/TN", TASK_NAME, "/TR", action, "/F"]
+
+
+def schtasks_line(repo: Path = paths.REPO, state_dir: Path | None = None) -> str:
+    """schtasks_command as one line to paste into cmd.exe (quotes inside /TR escaped as \\")."""
+    argv = schtasks_command(repo, state_dir)
+    tr = argv[-2].replace('"', '\\"')
+    return " ".join(argv[:-2]) + f' "{tr}" /F'
+
+
+def install(cfg: Config, *, yes: bool = False, windows: bool | None = None, on_log: Log = print) -> dict[str, Any]:
+    """Print the schedule entry; with yes=True install it (crontab: only if absent; schtasks: /F replaces)."""
+    windows = (os.name == "nt") if windows is None else windows
+    if windows:
+        argv = schtasks_command(paths.REPO, cfg.state_path)
+        line = schtasks_line(paths.REPO, cfg.state_path)
+        on_log(line)
+        if not yes:
+            on_log("(not installed: rerun with --yes to create the task)")
+            return {"line": line, "installed": False}
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode:
+            raise _install_error(proc)
+        on_log(f"installed Task Scheduler task {TASK_NAME}")
+        return {"line": line, "installed": True}
+    line = cron_line(paths.REPO, cfg.state_path)
+    on_log(line)
+    if not yes:
+        on_log("(not installed: rerun with --yes to add it to your crontab)")
+        return {"line": line, "installed": False}
+    crontab = shutil.which("crontab")
+    if crontab is None:
+        from lib.errors import OpsError
+
+        raise OpsError("no `crontab` command on this machine: add the line above to your scheduler by hand")
+    current = subprocess.run([crontab, "-l"], capture_output=True, text=True)
+    existing = current.stdout if current.returncode == 0 else ""  # `crontab -l` fails when there is none yet
+    if line in existing.splitlines():
+        on_log("already installed in your crontab")
+        return {"line": line, "installed": False, "already": True}
+    new = existing + ("" if not existing or existing.endswith("\n") else "\n") + line + "\n"
+    proc = subprocess.run([crontab, "-"], input=new, capture_output=True, text=True)
+    if proc.returncode:
+        raise _install_error(proc)
+    on_log("installed in your crontab (every 5 minutes)")
+    return {"line": line, "installed": True}
+
+
+def _install_error(proc: subprocess.CompletedProcess) -> Exception:
+    from lib.errors import OpsError
+
+    return OpsError(f"installing the schedule failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
+
+
+def cleanup(cfg: Config, *, confirm: Callable[[str], bool], on_log: Log = print) -> dict[str, Any]:
+    """Delete every ops-hpc VM (labelled ones only) and every object in the bucket, after `confirm` says yes."""
+    from lib import storage
+
+    cfg = clients.resolve(cfg)
+    vms = [vm for z in _zones(cfg) for vm in compute.list_vms(cfg.replace(zone=z))]
+    try:
+        objects = len(storage.list_blobs(cfg))
+    except Exception as exc:  # a missing bucket: nothing to wipe there
+        on_log(f"bucket gs://{cfg.bucket_name}: {exc}")
+        objects = 0
+    question = (f"delete {len(vms)} ops-hpc VM(s) ({', '.join(v['name'] for v in vms) or 'none'}) and "
+                f"{objects} object(s) in gs://{cfg.bucket_name}, results not yet pulled included?")
+    if not confirm(question):
+        on_log("cleanup cancelled: nothing deleted")
+        return {"cancelled": True, "vms_deleted": [], "objects_deleted": 0}
+    deleted, failed = [], []
+    for vm in vms:
+        try:
+            if compute.delete_vm(cfg.replace(zone=vm["zone"]), vm["name"], on_log=on_log):
+                deleted.append(vm["name"])
+        except Exception as exc:
+            failed.append({"name": vm["name"], "error": str(exc)})
+            on_log(f"could not delete {vm['name']}: {exc}")
+    removed = storage.delete_prefix(cfg, "") if objects else 0
+    on_log(f"cleanup: {len(deleted)} VM(s) deleted, {removed} object(s) removed from gs://{cfg.bucket_name}")
+    return {"cancelled": False, "vms_deleted": deleted, "objects_deleted": removed, "failed": failed}

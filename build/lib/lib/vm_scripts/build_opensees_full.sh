@@ -1,0 +1,92 @@
+#!/bin/bash
+# Build OpenSees + OpenSeesMP on an HPC Rocky Linux 8 VM and install the `openseesmp N script.tcl` launcher.
+#
+#   sudo bash build_opensees_full.sh CORES
+#
+# Run by the build pipeline (`make build`) over ssh; the VM's disk then becomes an image in family
+# opensees-hpc. On the local cloud (OPS_HPC_VM_ROOT set) a stand-in step installs the launcher over
+# `python -m opensees` (PyPI package `opensees`, already in the local cloud's Python) into the VM's
+# disk folder instead: same pipeline, same launcher interface, seconds instead of half an hour.
+set -euo pipefail
+
+CORES="${1:-$(nproc)}"
+ROOT="${OPS_HPC_VM_ROOT:-}"
+PREFIX="$ROOT/opt/ops-hpc"
+OPENSEES_REF="${OPENSEES_REF:-v3.7.1}"
+
+log() { printf '[build %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+
+install_launcher() {
+  # $1: the command that runs one Tcl script single-process; $2: the MPI command prefix ("" when none).
+  # Scripts run through line_buffered.tcl: Tcl buffers stdout fully when it is not a terminal (an ssh
+  # session without a tty, a pipe), so without it `make run` would show a job's output in 4 KB bursts.
+  mkdir -p "$PREFIX/bin" "$PREFIX/share"
+  cat > "$PREFIX/share/line_buffered.tcl" <<'TCL'
+# line_buffered.tcl SCRIPT ?ARGS?: run SCRIPT with stdout flushed at every line, argv as if run directly.
+fconfigure stdout -buffering line
+if {$argc < 1} { puts stderr "usage: line_buffered.tcl SCRIPT ?ARGS?"; exit 2 }
+set argv0 [lindex $argv 0]
+set argv [lrange $argv 1 end]
+incr argc -1
+source $argv0
+TCL
+  cat > "$PREFIX/bin/openseesmp" <<EOF
+#!/bin/bash
+# openseesmp N script.tcl: run an OpenSees model on N cores (N=1: sequential OpenSees).
+set -euo pipefail
+if [ \$# -lt 2 ]; then echo "usage: openseesmp N script.tcl [args...]" >&2; exit 2; fi
+N="\$1"; shift
+case "\$N" in ''|*[!0-9]*) echo "openseesmp: N must be a whole number, got '\$N'" >&2; exit 2;; esac
+HERE="\$(cd "\$(dirname "\$(readlink -f "\$0")")" && pwd)"  # through the /usr/local/bin symlink
+LB="\$HERE/../share/line_buffered.tcl"
+if [ "\$N" -le 1 ] || [ -z "$2" ]; then exec $1 "\$LB" "\$@"; fi
+exec $2 -np "\$N" "\$HERE/OpenSeesMP" "\$LB" "\$@"
+EOF
+  chmod 755 "$PREFIX/bin/openseesmp"
+  echo "opensees-hpc built $(date -u +%Y-%m-%dT%H:%M:%SZ) from ${OPENSEES_REF} on ${CORES} cores" > "$PREFIX/BUILD_INFO"
+}
+
+if [ -n "$ROOT" ]; then
+  log "local cloud: stand-in build (python -m opensees) into $PREFIX"
+  python3 -c 'import opensees' || { echo "the local cloud's Python lacks the opensees package" >&2; exit 1; }
+  install_launcher "python3 -u -m opensees" ""  # -u: the package prints through Python's buffered stdout
+  log "done: $(cat "$PREFIX/BUILD_INFO")"
+  exit 0
+fi
+
+[ "$(id -u)" -eq 0 ] || { echo "run as root: sudo bash $0 $CORES" >&2; exit 1; }
+
+log "installing build dependencies"
+dnf install -y -q epel-release
+dnf config-manager --set-enabled powertools || true
+dnf install -y -q gcc gcc-c++ gcc-gfortran make cmake git tcl-devel python39 python39-pip zip unzip \
+  openmpi openmpi-devel lapack-devel blas-devel scalapack-openmpi-devel MUMPS-openmpi-devel \
+  eigen3-devel hdf5-devel
+python3.9 -m pip install -q google-crc32c==1.9.0 || true  # manifests hash with it when present
+
+# shellcheck disable=SC1091
+source /etc/profile.d/modules.sh
+module load mpi/openmpi-x86_64
+
+log "fetching OpenSees ${OPENSEES_REF}"
+SRC=/opt/build/OpenSees
+rm -rf "$SRC"
+git clone -q --depth 1 --branch "$OPENSEES_REF" https://github.com/OpenSees/OpenSees.git "$SRC"
+
+log "configuring (MUMPS, ScaLAPACK, OpenMPI)"
+cmake -S "$SRC" -B "$SRC/build" -DCMAKE_BUILD_TYPE=Release \
+  -DMUMPS_DIR=/usr/lib64/openmpi -DSCALAPACK_LIBRARIES=/usr/lib64/openmpi/lib/libscalapack.so \
+  -DMPI_C_COMPILER=mpicc -DMPI_CXX_COMPILER=mpicxx -DMPI_Fortran_COMPILER=mpif90
+
+log "building OpenSees and OpenSeesMP with ${CORES} jobs"
+cmake --build "$SRC/build" --target OpenSees OpenSeesMP -j "$CORES"
+
+mkdir -p "$PREFIX/bin"
+install -m 755 "$SRC/build/OpenSees" "$SRC/build/OpenSeesMP" "$PREFIX/bin/"
+ln -sf "$PREFIX/bin/openseesmp" /usr/local/bin/openseesmp
+install_launcher "$PREFIX/bin/OpenSees" "/usr/lib64/openmpi/bin/mpirun --allow-run-as-root --bind-to core"
+
+log "cleaning the build tree so the image stays small"
+rm -rf /opt/build
+dnf clean all -q
+log "done: $(cat "$PREFIX/BUILD_INFO")"
