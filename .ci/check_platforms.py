@@ -4,6 +4,11 @@ Builds the project's wheel, then asks pip to resolve it (no extras: what `pip in
 needs for real GCP) for each platform and Python 3.10-3.13 with `--only-binary=:all:`, so a dependency
 without a wheel for that platform fails here instead of on a user's machine. With the local extra it also
 checks that the local cloud installs where OpenSees has wheels. Needs PyPI. `make check-platforms` runs it.
+
+pip evaluates environment markers against the interpreter running it, not the `--platform` /
+`--python-version` target, so the wheel's own Requires-Dist are evaluated here for each target
+(packaging.markers) and handed to pip as plain pins. Markers deeper in the tree are still pip's (host)
+evaluation: they concern pure-Python helpers (colorama, tzdata), which have universal wheels.
 """
 
 from __future__ import annotations
@@ -11,17 +16,29 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from email.parser import Parser
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+# pip tags, and the marker environment of that platform
 PLATFORMS = {
-    "Windows x64": ["win_amd64"],
-    "macOS arm64": ["macosx_14_0_arm64"],
-    "macOS x86_64": ["macosx_13_0_x86_64"],
-    "Linux x86_64": ["manylinux_2_28_x86_64"],
-    "Linux aarch64": ["manylinux_2_28_aarch64"],
+    "Windows x64": (["win_amd64"], {"sys_platform": "win32", "platform_system": "Windows",
+                                    "platform_machine": "AMD64", "os_name": "nt"}),
+    "macOS arm64": (["macosx_14_0_arm64"], {"sys_platform": "darwin", "platform_system": "Darwin",
+                                            "platform_machine": "arm64", "os_name": "posix"}),
+    "macOS x86_64": (["macosx_13_0_x86_64"], {"sys_platform": "darwin", "platform_system": "Darwin",
+                                              "platform_machine": "x86_64", "os_name": "posix"}),
+    "Linux x86_64": (["manylinux_2_17_x86_64", "manylinux_2_28_x86_64"],
+                     {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+                      "os_name": "posix"}),
+    "Linux aarch64": (["manylinux_2_17_aarch64", "manylinux_2_28_aarch64"],
+                      {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "aarch64",
+                       "os_name": "posix"}),
 }
 WITH_LOCAL = {"Windows x64", "Linux x86_64"}  # where OpenSees (the local cloud's VMs) has wheels
 
@@ -31,11 +48,29 @@ def build_wheel(out: Path) -> Path:
     return next(out.glob("ops_hpc-*.whl"))
 
 
-def resolve(wheel: Path, platform: list[str], python: str, extra: str = "") -> tuple[bool, str]:
+def requirements(wheel: Path, environment: dict[str, str], python: str, extra: str) -> list[str]:
+    """The wheel's Requires-Dist that apply on this platform and Python (and extra), without their markers."""
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        requires = Parser().parsestr(zf.read(meta).decode()).get_all("Requires-Dist") or []
+    env = {**environment, "python_version": python, "python_full_version": f"{python}.0", "extra": extra,
+           "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+    kept = []
+    for line in requires:
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate(env):
+            req.marker = None
+            kept.append(str(req))
+    return kept
+
+
+def resolve(wheel: Path, name: str, python: str, extra: str = "") -> tuple[bool, str]:
+    tags, environment = PLATFORMS[name]
+    pins = requirements(wheel, environment, python, extra)
     with tempfile.TemporaryDirectory() as target:
         argv = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--only-binary=:all:",
                 "--python-version", python, "--target", target, "--ignore-installed",
-                *[f"--platform={p}" for p in platform], f"{wheel}{extra}"]
+                *[f"--platform={t}" for t in tags], *pins]
         proc = subprocess.run(argv, capture_output=True, text=True)
     last = (proc.stderr.strip().splitlines() or [""])[-1]
     return proc.returncode == 0, last
@@ -45,12 +80,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         wheel = build_wheel(Path(tmp))
         jobs = [(name, python, "") for name in PLATFORMS for python in PYTHONS]
-        jobs += [(name, python, "[local]") for name in sorted(WITH_LOCAL) for python in PYTHONS]
+        jobs += [(name, python, "local") for name in sorted(WITH_LOCAL) for python in PYTHONS]
         with ThreadPoolExecutor(max_workers=4) as pool:
-            results = list(pool.map(lambda job: (job, resolve(wheel, PLATFORMS[job[0]], job[1], job[2])), jobs))
+            results = list(pool.map(lambda job: (job, resolve(wheel, *job)), jobs))
     failed = 0
     for (name, python, extra), (ok, why) in results:
-        print(f"{'ok  ' if ok else 'FAIL'} {name:<14} Python {python} {extra or '(runtime)':<10} {'' if ok else why}")
+        print(f"{'ok  ' if ok else 'FAIL'} {name:<14} Python {python} {f'[{extra}]' if extra else '(runtime)':<10} {'' if ok else why}")
         failed += not ok
     print(f"{len(results) - failed}/{len(results)} platform/Python combinations resolve to wheels only")
     return 1 if failed else 0

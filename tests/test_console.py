@@ -78,3 +78,15 @@ def test_python_dash_m_entry_point_is_fast_and_lists_commands():
     proc = subprocess.run([sys.executable, "-m", "lib.console", "--help"], cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "run-staged" in proc.stdout
+
+
+def test_config_prints_every_value_with_its_source(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPS_HPC_CONFIG", str(tmp_path / "ops-hpc.toml"))
+    (tmp_path / "ops-hpc.toml").write_text('project = "my-project-1"\n')
+    monkeypatch.setenv("OPS_HPC_ZONE", "europe-west1-b")
+    assert console.main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "my-project-1" in out and str(tmp_path / "ops-hpc.toml") in out
+    assert "europe-west1-b" in out and "environment variable OPS_HPC_ZONE" in out
+    assert "machine_type" in out and "(default)" in out

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib import clients, errors, retry
+from lib import clients, errors, paths, retry
 from lib.config import Config
 from lib.errors import OpsError, Refused, UsageError
 from lib.log import Log
@@ -225,7 +225,7 @@ def plan_vm(
 
     meta = dict(metadata or {})
     if startup_script is not None:
-        meta["startup-script"] = startup_script
+        meta["startup-script"] = paths.vm_text(startup_script)  # a CRLF script would die on the VM
     labels = {LABEL_KEY: "true", LABEL_RUN: label_value(run_id), LABEL_KIND: kind, LABEL_END: str(expected_end)}
     disk = max(int(cfg.disk_size_gb), int(img.disk_size_gb or 0))
     return VmSpec(
