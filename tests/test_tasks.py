@@ -99,3 +99,21 @@ def test_pull_task_offers_the_flags_of_bin_pull(monkeypatch):
 
 def test_stop_vm_stays_an_alias_of_delete_vm():
     assert tasks.ns["stop-vm"] is tasks.ns["delete-vm"] is tasks.ns["vm.delete"]
+
+
+@pytest.mark.parametrize(("job", "module", "function"), [("build", "build", "build_image"),
+                                                         ("run_jobs", "runjobs", "run_jobs")])
+def test_missing_gcloud_is_found_before_any_vm_is_created(monkeypatch, job, module, function):
+    import importlib
+    import shutil
+
+    from lib.config import Config
+
+    created = []
+    monkeypatch.setattr(importlib.import_module(f"lib.{module}"), function, lambda *a, **k: created.append(a))
+    monkeypatch.setattr(tasks, "_cfg", lambda **kw: Config.load({"project": "my-project-1"}, env={}, path=""))
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    with pytest.raises(Exit) as info:
+        getattr(tasks, job)(Context())
+    assert "gcloud CLI is needed" in info.value.message and info.value.code != 0
+    assert created == []
