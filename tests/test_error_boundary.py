@@ -270,3 +270,38 @@ def test_bin_script_without_the_packages_says_how_to_run_it(tmp_path):
                           timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "make venv" in proc.stderr and "bin/status" in proc.stderr
+
+
+def test_a_missing_local_extra_says_which_extra(capsys):
+    def main(argv):
+        raise ModuleNotFoundError("No module named 'werkzeug'", name="werkzeug")
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(main, [])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == errors.EXIT_USAGE and "ops-hpc[local]" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("exc", "words", "code"), [
+    (PermissionError(13, "Permission denied", "D:\\Results\\x.out"), "may write", 1),
+    (NotADirectoryError(20, "Not a directory", "results/file"), "a file is in the way", 2),
+    (ConnectionResetError(104, "Connection reset by peer"), "cannot reach", 1),
+])
+def test_os_errors_say_what_and_where(exc, words, code):
+    known = errors.explain(exc)
+    assert known is not None and words in str(known) and known.code == code
+
+
+@pytest.mark.parametrize(("code", "words"), [("ZONE_RESOURCE_POOL_EXHAUSTED", "stockout"),
+                                             ("QUOTA_EXCEEDED", "quota")])
+def test_failed_compute_operations_give_zone_or_quota_advice(code, words):
+    """What `op.result()` raises for a failed insert: the operation's error codes say stockout or quota."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import compute_v1
+
+    op = compute_v1.Operation(error=compute_v1.Error(errors=[compute_v1.Errors(code=code, message="no room")]),
+                              http_error_status_code=503 if "ZONE" in code else 403)
+    exc = gexc.from_http_status(op.http_error_status_code, "no room", response=op)
+    known = errors.explain(exc, what="creating VM ops-hpc-analysis-x failed")
+    assert words in str(known) and str(known).startswith("creating VM ops-hpc-analysis-x failed: ")
+    assert known.code == errors.EXIT_FAILED
