@@ -64,13 +64,33 @@ def requirements(wheel: Path, environment: dict[str, str], python: str, extra: s
     return kept
 
 
+def lock_constraints(python: str, environment: dict[str, str], folder: Path) -> Path:
+    """The lock `make venv` uses for this Python, its markers evaluated for the target, as a constraints file."""
+    lock = REPO / ("requirements-py310.lock" if python == "3.10" else "requirements.lock")
+    env = {**environment, "python_version": python, "python_full_version": f"{python}.0", "extra": ""}
+    kept = []
+    for line in lock.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate(env):
+            req.marker = None
+            kept.append(str(req))
+    out = folder / "constraints.txt"
+    out.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return out
+
+
 def resolve(wheel: Path, name: str, python: str, extra: str = "") -> tuple[bool, str]:
+    """Runtime: the wheel's own pins only (what `pip install .` does). With an extra: also the lock, as
+    `make venv` installs it (without it pip backtracks through OpenSees' unpinned plotting stack)."""
     tags, environment = PLATFORMS[name]
     pins = requirements(wheel, environment, python, extra)
     with tempfile.TemporaryDirectory() as target:
+        constraints = ["-c", str(lock_constraints(python, environment, Path(target)))] if extra else []
         argv = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--only-binary=:all:",
-                "--python-version", python, "--target", target, "--ignore-installed",
-                *[f"--platform={t}" for t in tags], *pins]
+                "--python-version", python, "--target", str(Path(target) / "site"), "--ignore-installed",
+                *[f"--platform={t}" for t in tags], *constraints, *pins]
         proc = subprocess.run(argv, capture_output=True, text=True)
     last = (proc.stderr.strip().splitlines() or [""])[-1]
     return proc.returncode == 0, last
@@ -80,7 +100,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         wheel = build_wheel(Path(tmp))
         jobs = [(name, python, "") for name in PLATFORMS for python in PYTHONS]
-        jobs += [(name, python, "local") for name in sorted(WITH_LOCAL) for python in PYTHONS]
+        if "--runtime-only" not in sys.argv:
+            jobs += [(name, python, "local") for name in sorted(WITH_LOCAL) for python in PYTHONS]
         with ThreadPoolExecutor(max_workers=4) as pool:
             results = list(pool.map(lambda job: (job, resolve(wheel, *job)), jobs))
     failed = 0

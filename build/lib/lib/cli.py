@@ -65,13 +65,14 @@ from lib.errors import (  # noqa: E402, F401  (re-exported for bin/)
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """The flags that override config values; None means 'not given' so lower sources win."""
-    group = parser.add_argument_group("configuration (flag > OPS_HPC_* env > ops-hpc.toml > default)")
+    group = parser.add_argument_group("configuration (flag > OPS_HPC_* env > ops-hpc.toml > gcloud > default; "
+                                      "`ops-hpc config` shows each value's source)")
     group.add_argument("--backend", choices=("gcp", "local"), default=None, help="gcp, or local for the local cloud")
     group.add_argument("--project", default=None, help="GCP project id")
     group.add_argument("--zone", default=None, help="zone, e.g. us-central1-a")
     group.add_argument("--bucket", default=None, help="results bucket (default PROJECT-ops-hpc)")
     group.add_argument("--state-dir", default=None, help="where session state and the local cloud live")
-    group.add_argument("--config", default=None, metavar="FILE", help="config file (default ./ops-hpc.toml)")
+    group.add_argument("--config", default=None, metavar="FILE", help="config file (default ./ops-hpc.toml, else the user config folder's)")
 
 
 def load_config(args: argparse.Namespace, **extra: Any) -> Config:

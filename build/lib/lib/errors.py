@@ -248,6 +248,22 @@ def _file_error(exc: BaseException, what: str) -> OpsError | None:
     return OpsError(f"{prefix}{name + ': ' if name else ''}{strerror}")
 
 
+# Packages only the [local] extra installs (the local cloud and its VMs).
+LOCAL_ONLY = frozenset({"werkzeug", "fake_gcs_server", "opensees"})
+
+
+def _module_error(exc: BaseException, what: str) -> OpsError | None:
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    prefix = f"{what}: " if what else ""
+    root = exc.name.split(".")[0]
+    if root in LOCAL_ONLY:
+        return UsageError(f"{prefix}the local cloud needs the package {root}, from the [local] extra: "
+                          "`pip install 'ops-hpc[local]'` (a checkout: `make venv`)")
+    return UsageError(f"{prefix}the package {root} is missing from this Python ({exc}): reinstall with "
+                      "`pip install .` (a checkout: `make venv`)")
+
+
 def explain(exc: BaseException, *, what: str = "") -> OpsError | None:
     """A one-line OpsError saying what failed and what to do, or None when `exc` is not a known kind (a bug).
 
@@ -257,7 +273,7 @@ def explain(exc: BaseException, *, what: str = "") -> OpsError | None:
     """
     if isinstance(exc, OpsError):
         return exc
-    for translate in (_api_error, _auth_error, _network_error, _file_error):
+    for translate in (_api_error, _auth_error, _network_error, _module_error, _file_error):
         found = translate(exc, what)
         if found is not None:
             return found

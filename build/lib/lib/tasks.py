@@ -92,6 +92,14 @@ def _opt(value: Any, name: str) -> list[str]:
     return [name, str(value)] if value not in (None, "") else []
 
 
+def _need_gcloud(cfg: Config) -> None:
+    """The ssh pipelines reach GCP VMs through the gcloud CLI: find out before a VM is created and billed."""
+    if not cfg.local:
+        from lib import ssh
+
+        ssh.gcloud_executable()
+
+
 def _need_name(name: str) -> str:
     if not name:
         raise Exit("error: which VM? pass --name NAME (make ... NAME=vm-name); `make status` lists them", code=2)
@@ -331,7 +339,9 @@ def build(c, image_name=None):
     """Build the opensees-hpc image: spot VM, build OpenSees/OpenSeesMP, image from its disk, VM deleted."""
     from lib import build as build_lib
 
-    image = build_lib.build_image(_cfg(), on_log=print, image_name=image_name)
+    cfg = _cfg()
+    _need_gcloud(cfg)
+    image = build_lib.build_image(cfg, on_log=print, image_name=image_name)
     print(f"built image {image['name']} in family {image['family']}")
 
 
@@ -414,7 +424,9 @@ def run_jobs(c, jobs="batches/jobs.txt", name=None):
     """Run JOBS on one VM over ssh: per-job deadlines (make extend), output streamed, results pushed per job."""
     from lib import runjobs
 
-    result = runjobs.run_jobs(_cfg(), jobs, on_log=print, on_line=print, name=name)
+    cfg = _cfg()
+    _need_gcloud(cfg)
+    result = runjobs.run_jobs(cfg, jobs, on_log=print, on_line=print, name=name)
     if not result.ok:
         raise Exit("some jobs did not finish or their results were not pushed (see above)", code=1)
 
