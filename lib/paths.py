@@ -21,6 +21,7 @@ REPO = PACKAGE.parent
 CHECKOUT = (REPO / "vm-scripts").is_dir() and (REPO / "bin").is_dir()
 BIN = REPO / "bin" if CHECKOUT else PACKAGE / "bin"
 VM_SCRIPTS = REPO / "vm-scripts" if CHECKOUT else PACKAGE / "vm_scripts"
+BATCHES = REPO / "batches" if CHECKOUT else PACKAGE / "examples"  # example.txt and the example models
 
 # Staged with every run-staged run (_uploads/RUN/vm-scripts/) and fetched by startup.sh.
 STAGED_SCRIPTS = ("lib.sh", "run_analysis.sh")
