@@ -1,7 +1,7 @@
-# ops-hpc: the Makefile only bootstraps .venv and names the jobs; tasks.py and bin/ do the work.
+# ops-hpc: the Makefile only bootstraps .venv and names the jobs; lib/tasks.py and bin/ do the work.
 # Windows: `py -m venv .venv && .venv\Scripts\pip install -r requirements.txt -c requirements.lock`
-# (Python 3.10: -c requirements-py310.lock),
-# then `.venv\Scripts\invoke --list` gives the same jobs.
+# (Python 3.10: -c requirements-py310.lock), then `.venv\Scripts\ops-hpc --help` (or invoke --list)
+# gives the same jobs.
 
 PY ?= python3
 VENV := .venv
@@ -10,7 +10,7 @@ PYTHON := $(BIN)/python
 INVOKE := $(BIN)/invoke
 # Python 3.10 resolves to older releases of a few packages: it has its own lock.
 LOCK := $(shell $(if $(wildcard $(PYTHON)),$(PYTHON),$(PY)) -c 'import sys; print("requirements-py310.lock" if sys.version_info < (3, 11) else "requirements.lock")')
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt $(LOCK) | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 
 BATCH ?= batches/example.txt
 JOBS ?= batches/jobs.txt
@@ -21,23 +21,23 @@ NAME ?=
 RUN ?=
 
 .PHONY: help venv lock lint test demo localcloud-up localcloud-down localcloud-status \
-	build run run-staged stage pull watch verify status setup cleanup sweep log monitor \
-	extend abort emergency stop-vm bench-pull bench-pull-scale bench report-shot
+	build run run-staged stage pull watch verify status setup cleanup sweep log monitor config \
+	extend abort emergency delete-vm stop-vm bench-pull bench-pull-scale bench report-shot check-platforms sizes
 
 help:  ## list the jobs
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 20
 
-$(STAMP): requirements.txt $(LOCK)
+$(STAMP): requirements.txt pyproject.toml $(LOCK)
 	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	@echo "installing pinned dependencies ($(LOCK)) into $(VENV) ..."
+	@echo "installing ops-hpc with its local and dev extras, pinned by $(LOCK), into $(VENV) ..."
 	@$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt -c $(LOCK)
 	@rm -f $(VENV)/.installed-* && touch $@
 
-venv: $(STAMP)  ## create .venv with the pinned dependencies
+venv: $(STAMP)  ## create .venv: ops-hpc (editable) with the [local,dev] extras, pinned by the lock
 
 lock: venv  ## regenerate this Python's lock file from the current .venv
 	@(echo '# Full resolved set from `pip freeze` (constraints for `make venv`). Regenerate with `make lock`.'; \
-	  $(PYTHON) -m pip freeze --exclude-editable) > $(LOCK)
+	  $(PYTHON) -m pip freeze --exclude-editable | $(PYTHON) .ci/lock_markers.py) > $(LOCK)
 
 lint: venv  ## ruff check, and mypy on lib/ (settings in pyproject.toml)
 	$(BIN)/ruff check . && $(BIN)/mypy
@@ -58,13 +58,13 @@ localcloud-status: venv  ## what the local cloud runs
 build: venv  ## build the opensees-hpc image
 	$(INVOKE) build
 run: venv  ## run JOBS over ssh with deadlines
-	$(INVOKE) run --jobs $(JOBS)
-run-staged: venv  ## stage BATCH, launch a self-deleting VM (WAIT=1 to follow and pull)
-	$(INVOKE) run-staged --batch $(BATCH) $(if $(WAIT),--wait) $(if $(VMS),--vms $(VMS)) $(if $(SPOT),--spot)
+	$(INVOKE) run.jobs --jobs $(JOBS)
+run-staged: venv  ## stage BATCH, launch a self-deleting VM (WAIT=1 to follow and pull, RERUN=RUN its unfinished models)
+	$(INVOKE) run-staged --batch $(BATCH) $(if $(WAIT),--wait) $(if $(VMS),--vms $(VMS)) $(if $(SPOT),--spot) $(if $(RERUN),--rerun $(RERUN))
 stage: venv  ## zip and upload BATCH's models
 	$(PYTHON) bin/stage $(BATCH)
-pull: venv  ## download, verify and clean every result set into DIR
-	$(PYTHON) bin/pull --yes --dir $(DIR)
+pull: venv  ## download, verify and clean every result set into DIR (LIST=1 only lists, SET=ID one set)
+	$(PYTHON) bin/pull $(if $(LIST),--list,--yes) $(if $(SET),--set $(SET)) --dir $(DIR)
 watch: venv  ## keep pulling every INTERVAL seconds until Ctrl+C
 	$(PYTHON) bin/pull --yes --watch --interval $(INTERVAL) --dir $(DIR)
 verify: venv  ## re-check DIR against GCS or the manifests
@@ -87,8 +87,16 @@ abort: venv  ## kill OpenSees on VM NAME; the VM stays
 	$(INVOKE) abort --name $(NAME)
 emergency: venv  ## push whatever is on VM NAME's disk to the bucket now
 	$(INVOKE) emergency --name $(NAME)
-stop-vm: venv  ## delete VM NAME now
-	$(INVOKE) stop-vm --name $(NAME)
+delete-vm: venv  ## delete VM NAME now
+	$(INVOKE) delete-vm --name $(NAME)
+stop-vm: delete-vm  ## the older name of delete-vm
+config: venv  ## every effective setting and where it came from
+	$(INVOKE) config
+
+check-platforms: venv  ## a wheel of ops-hpc resolves to wheels on Windows, macOS, Linux for Python 3.10-3.13 (needs PyPI)
+	$(PYTHON) .ci/check_platforms.py
+sizes: venv  ## install the wheel without extras into a fresh venv and measure it, and the dev .venv (needs PyPI)
+	$(PYTHON) .ci/sizes.py
 report-shot: venv  ## rebuild the newest run's report in DIR, check it in headless Chromium, save DIR/report-shot.png
 	$(PYTHON) bin/report --dir $(DIR) --screenshot $(DIR)/report-shot.png
 

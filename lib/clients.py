@@ -61,14 +61,61 @@ def _compute(cls_name: str, cfg: Config) -> Any:
 
     options = {"api_endpoint": cfg.compute_endpoint} if cfg.compute_endpoint else None
     client = getattr(compute_v1, cls_name)(credentials=credentials(cfg), client_options=options)
-    # Extended operations' .result() polls through operation clients the transport builds
-    # with the default endpoint; hand it ours so .result() works against any endpoint.
-    services = getattr(client._transport, "_extended_operations_services", None)
-    if services is not None and cls_name not in ("ZoneOperationsClient", "GlobalOperationsClient", "RegionOperationsClient"):
-        services["zone_operations"] = compute_client("ZoneOperationsClient", cfg)
-        services["global_operations"] = compute_client("GlobalOperationsClient", cfg)
-        services["region_operations"] = compute_client("RegionOperationsClient", cfg)
+    if cls_name in OPERATION_CLIENTS:
+        route_operations(client, cfg)
     return client
+
+
+# The Compute clients whose calls return operations that lib/ waits on (`wait_operation`, `op.result()`).
+OPERATION_CLIENTS = frozenset({"InstancesClient", "ImagesClient", "DisksClient"})
+
+
+# -- the three places that reach into a client library's private attributes ---------------------------
+# Gathered here so a library upgrade that moves them fails in one file, loudly (tests/test_clients.py
+# checks each against the installed versions), instead of silently losing a feature.
+
+
+class LibraryChanged(OpsError):
+    """An installed Google library no longer has a private attribute the toolkit relies on."""
+
+
+def _private(obj: Any, attr: str, what: str) -> Any:
+    try:
+        return getattr(obj, attr)
+    except AttributeError:
+        raise LibraryChanged(f"{type(obj).__module__}.{type(obj).__name__} has no {attr} any more ({what}): "
+                             "the installed Google library differs from the pinned one; run `make venv`") from None
+
+
+def route_operations(client: Any, cfg: Config) -> None:
+    """Make a Compute client's extended operations poll our endpoint.
+
+    `op.result()` polls through operation clients the transport built with the default
+    endpoint; on the local cloud (or any endpoint override) it must use ours.
+    """
+    transport = _private(client, "_transport", "Compute operation polling")
+    services = _private(transport, "_extended_operations_services", "Compute operation polling")
+    services["zone_operations"] = compute_client("ZoneOperationsClient", cfg)
+    services["global_operations"] = compute_client("GlobalOperationsClient", cfg)
+    services["region_operations"] = compute_client("RegionOperationsClient", cfg)
+
+
+def batch_responses(batch: Any) -> list[Any]:
+    """The per-item HTTP responses of a finished GCS batch, in request order (the library keeps them private)."""
+    return list(_private(batch, "_responses", "batched deletes"))
+
+
+def widen_pool(client: Any, size: int) -> None:
+    """Let a storage client keep `size` connections per host (requests keeps 10, so more threads would reconnect)."""
+    import requests.adapters
+
+    session = _private(client, "_http", "parallel downloads")
+    if getattr(session, "_ops_hpc_pool", 0) >= size:
+        return
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session._ops_hpc_pool = size
 
 
 @functools.lru_cache(maxsize=64)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lib import clients, retry
+from lib import clients, errors, retry
 from lib.config import Config
 from lib.errors import OpsError, Refused
 from lib.log import Log, quiet
@@ -151,7 +151,9 @@ def wait_operation(op: Any, what: str, *, timeout: float = OP_TIMEOUT_S) -> None
     try:
         op.result(timeout=timeout)
     except gexc.GoogleAPICallError as exc:
-        raise OperationFailed(f"{what} failed: {getattr(exc, 'message', exc)}") from None
+        told = errors.explain(exc, what=f"{what} failed")  # quota, stockout, permission: the advice with it
+        raise OperationFailed(str(told or f"{what} failed: {getattr(exc, 'message', exc)}"),
+                              code=told.code if told else None) from None
     if getattr(op, "error_code", None):
         raise OperationFailed(f"{what} failed: {op.error_message or op.error_code}")
 
@@ -248,7 +250,7 @@ def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = quiet, state: SessionS
         if isinstance(exc, gexc.Conflict):
             raise OpsError(f"a VM named {spec.name} already exists in {spec.zone}: choose another name") from None
         if isinstance(exc, gexc.GoogleAPICallError):
-            raise OpsError(f"creating VM {spec.name} failed: {getattr(exc, 'message', exc)}") from None
+            raise errors.explain(exc, what=f"creating VM {spec.name} failed") or OpsError(str(exc)) from None
         raise
     _landed(spec.name)
     state.register_vm(spec.name, run_id=spec.run_id, kind=spec.kind, zone=spec.zone, expected_end=spec.expected_end,

@@ -4,12 +4,21 @@ Precedence, highest first: command-line flag > OPS_HPC_* environment variable >
 ops-hpc.toml > default. Every value is validated where it enters, and an error
 names the key and the source it came from, so a typo in a cron job's environment
 is as easy to find as one on the command line.
+
+The config file is --config, else OPS_HPC_CONFIG, else ./ops-hpc.toml, else ops-hpc.toml
+in the user config folder (platformdirs). On GCP the project and zone follow gcloud's
+conventions below the file: CLOUDSDK_CORE_PROJECT / GOOGLE_CLOUD_PROJECT (CLOUDSDK_COMPUTE_ZONE),
+then the active gcloud configuration's properties file (read, no gcloud process; CLOUDSDK_CONFIG
+honoured), then the project of the Application Default Credentials. `effective()` lists every
+value with its source (`ops-hpc config`).
 """
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import ipaddress
+import json
 import os
 import re
 import sys
@@ -30,6 +39,13 @@ ENV_PREFIX = "OPS_HPC_"
 CONFIG_FILE_ENV = "OPS_HPC_CONFIG"
 DEFAULT_CONFIG_FILE = "ops-hpc.toml"
 LOCAL_PROJECT = DEFAULT_PROJECT  # the local cloud owns its default project id
+
+
+def user_config_file() -> Path:
+    """ops-hpc.toml in the user's config folder (e.g. ~/.config/ops-hpc, %APPDATA%\\ops-hpc)."""
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("ops-hpc", appauthor=False)) / DEFAULT_CONFIG_FILE
 
 
 def _default_state_dir() -> str:
@@ -140,8 +156,8 @@ class Config:
         """Commands that talk to GCP call this first: no project means no silent fallback."""
         if not self.project:
             raise ConfigError(
-                "no GCP project configured: set `project` in ops-hpc.toml or OPS_HPC_PROJECT, "
-                "or rehearse on the local cloud with `make demo` / OPS_HPC_BACKEND=local"
+                "no GCP project configured: `gcloud config set project PROJECT_ID`, or set `project` in "
+                "ops-hpc.toml or OPS_HPC_PROJECT, or rehearse on the local cloud with `make demo` / OPS_HPC_BACKEND=local"
             )
         return self
 
@@ -157,40 +173,9 @@ class Config:
         env: Mapping[str, str] | None = None,
         path: str | os.PathLike | None = None,
     ) -> Config:
-        """Merge the four sources; `overrides` are command-line values (None means not given); path="" reads no file."""
-        env = os.environ if env is None else env
-        raw: dict[str, tuple[Any, str]] = {}
-        names = {f.name for f in fields(cls)}
-
-        file = Path(path or env.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
-        if path == "":  # explicitly no file (tests, and `--config ''`)
-            pass
-        elif file.is_file():
-            try:
-                data = tomllib.loads(file.read_text(encoding="utf-8"))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"{file}: not valid TOML ({exc})") from None
-            for key, value in data.items():
-                if key not in names:
-                    raise ConfigError(f"{file}: unknown key '{key}' (see ops-hpc.example.toml)")
-                raw[key] = (value, str(file))
-        elif path or env.get(CONFIG_FILE_ENV):
-            raise ConfigError(f"config file {file} does not exist")
-
-        for name in names:
-            var = ENV_PREFIX + name.upper()
-            if env.get(var, "") != "":
-                raw[name] = (env[var], f"environment variable {var}")
-        for name, value in (overrides or {}).items():
-            if value is not None:
-                if name not in names:
-                    raise ConfigError(f"unknown setting '{name}'")
-                raw[name] = (value, f"--{name.replace('_', '-')}")
-
+        """Merge the sources; `overrides` are command-line values (None means not given); path="" reads no file."""
+        raw = _gather(cls, overrides, os.environ if env is None else env, path)
         values = {name: _coerce(cls, name, value, source) for name, (value, source) in raw.items()}
-        if values.get("backend") == "local":
-            values.setdefault("project", LOCAL_PROJECT)
-            values.setdefault("bucket", "ops-hpc-local")
         config = cls(**values)
         if not config.local and config.time_scale != 1.0:  # scaled deadlines on real VMs would fire early
             source = raw.get("time_scale", (None, "default"))[1]
@@ -202,6 +187,131 @@ class Config:
                 source = raw.get("project", (None, "default"))[1]
                 raise ConfigError(f"project = {config.project!r} from {source}: {problem}")
         return config
+
+
+def config_file(path: str | os.PathLike | None, env: Mapping[str, str]) -> Path | None:
+    """The config file to read: --config, OPS_HPC_CONFIG, ./ops-hpc.toml, the user config folder's; None if none."""
+    if path == "":  # explicitly no file (tests, and `--config ''`)
+        return None
+    given = path or env.get(CONFIG_FILE_ENV)
+    if given:
+        if not Path(given).is_file():
+            raise ConfigError(f"config file {given} does not exist")
+        return Path(given)
+    for candidate in (Path(DEFAULT_CONFIG_FILE), user_config_file()):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def gcloud_folder(env: Mapping[str, str]) -> Path | None:
+    """gcloud's configuration folder: CLOUDSDK_CONFIG, else %APPDATA%\\gcloud on Windows, ~/.config/gcloud."""
+    if env.get("CLOUDSDK_CONFIG"):
+        return Path(env["CLOUDSDK_CONFIG"])
+    if sys.platform == "win32":
+        return Path(env["APPDATA"]) / "gcloud" if env.get("APPDATA") else None
+    return Path(env["HOME"]) / ".config" / "gcloud" if env.get("HOME") else None
+
+
+def gcloud_properties(env: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """('section/key' -> value, file) of the active gcloud configuration, read as gcloud stores it."""
+    folder = gcloud_folder(env)
+    if folder is None:
+        return {}, ""
+    name = env.get("CLOUDSDK_ACTIVE_CONFIG_NAME", "")
+    if not name:
+        try:
+            name = (folder / "active_config").read_text(encoding="utf-8").strip()
+        except OSError:
+            name = ""
+    file = folder / "configurations" / f"config_{name or 'default'}"
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(file, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError):
+        return {}, str(file)
+    return {f"{section}/{key}": value.strip() for section in parser.sections()
+            for key, value in parser.items(section) if value.strip()}, str(file)
+
+
+def adc_project(env: Mapping[str, str]) -> tuple[str, str]:
+    """(project, file) named by the Application Default Credentials file, without contacting Google."""
+    folder = gcloud_folder(env)
+    file = env.get("GOOGLE_APPLICATION_CREDENTIALS") or (
+        str(folder / "application_default_credentials.json") if folder else "")
+    if not file:
+        return "", ""
+    try:
+        data = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "", ""
+    project = (data.get("project_id") or data.get("quota_project_id") or "") if isinstance(data, dict) else ""
+    return (project, file) if isinstance(project, str) else ("", "")
+
+
+def _gcloud_fallbacks(env: Mapping[str, str]) -> dict[str, list[tuple[str, str]]]:
+    """Project and zone candidates below ops-hpc.toml, highest first, each with its source."""
+    props, props_file = gcloud_properties(env)
+    project, adc_file = adc_project(env)
+    return {
+        "project": [(env.get("CLOUDSDK_CORE_PROJECT", ""), "environment variable CLOUDSDK_CORE_PROJECT"),
+                    (env.get("GOOGLE_CLOUD_PROJECT", ""), "environment variable GOOGLE_CLOUD_PROJECT"),
+                    (props.get("core/project", ""), f"gcloud configuration {props_file}"),
+                    (project, f"application default credentials {adc_file}")],
+        "zone": [(env.get("CLOUDSDK_COMPUTE_ZONE", ""), "environment variable CLOUDSDK_COMPUTE_ZONE"),
+                 (props.get("compute/zone", ""), f"gcloud configuration {props_file}")],
+    }
+
+
+def _gather(cls: type[Config], overrides: Mapping[str, Any] | None, env: Mapping[str, str],
+            path: str | os.PathLike | None) -> dict[str, tuple[Any, str]]:
+    """name -> (raw value, where it came from) for every setting that is not left at its default."""
+    raw: dict[str, tuple[Any, str]] = {}
+    names = {f.name for f in fields(cls)}
+    file = config_file(path, env)
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: not valid TOML ({exc})") from None
+        for key, value in data.items():
+            if key not in names:
+                raise ConfigError(f"{file}: unknown key '{key}' (see ops-hpc.example.toml)")
+            raw[key] = (value, str(file))
+    for name in names:
+        var = ENV_PREFIX + name.upper()
+        if env.get(var, "") != "":
+            raw[name] = (env[var], f"environment variable {var}")
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            if name not in names:
+                raise ConfigError(f"unknown setting '{name}'")
+            raw[name] = (value, f"--{name.replace('_', '-')}")
+    if str(raw.get("backend", ("gcp", ""))[0]).strip() == "local":
+        raw.setdefault("project", (LOCAL_PROJECT, "the local cloud"))
+        raw.setdefault("bucket", ("ops-hpc-local", "the local cloud"))
+    else:
+        for name, candidates in _gcloud_fallbacks(env).items():
+            if name not in raw:
+                found = next(((value.strip(), source) for value, source in candidates if value.strip()), None)
+                if found:
+                    raw[name] = found
+    return raw
+
+
+def effective(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None,
+              path: str | os.PathLike | None = None) -> list[tuple[str, Any, str]]:
+    """(key, value, source) for every setting as a command would see it, defaults included (`ops-hpc config`)."""
+    env = os.environ if env is None else env
+    cfg = Config.load(overrides, env=env, path=path)
+    raw = _gather(Config, overrides, env, path)
+    file = config_file(path, env)
+    rows = [("config file", str(file) if file else "(none)", "--config > OPS_HPC_CONFIG > ./ > user config folder")]
+    for f in fields(Config):
+        rows.append((f.name, getattr(cfg, f.name), raw[f.name][1] if f.name in raw else "default"))
+    rows.append(("bucket (effective)", cfg.bucket_name, "bucket" if cfg.bucket else "PROJECT-ops-hpc"))
+    rows.append(("state folder", str(cfg.state_path), "state_dir" if cfg.state_dir else "platform user state folder"))
+    return rows
 
 
 def _coerce(cls: type[Config], name: str, value: Any, source: str) -> Any:

@@ -10,7 +10,7 @@ import datetime as dt
 import time
 from typing import Any
 
-from lib import clients, compute, pricing, retry, storage
+from lib import clients, compute, errors, pricing, retry, storage
 from lib.compute import Vm
 from lib.config import Config
 from lib.errors import OpsError
@@ -25,7 +25,7 @@ def image_info(cfg: Config) -> dict[str, Any] | None:
     """Newest image of the analysis family, or None if there is none (yet)."""
     try:
         img = compute.resolve_image(cfg, "analysis")
-    except compute.ImageNotFound:
+    except errors.Missing:
         return None
     return {"family": cfg.image_family, "project": cfg.image_project_id, "name": img.name,
             "created": img.creation_timestamp, "disk_size_gb": int(img.disk_size_gb or 0),
@@ -149,7 +149,10 @@ def status(cfg: Config, *, with_usage: bool = False, on_log: Log = quiet, on_war
             out[key] = fn(cfg)
         except Exception as exc:  # a missing bucket must not hide the VMs that bill
             out[key] = None
-            out["errors"].append(f"{key}: {exc}")
+            known = errors.explain(exc)
+            if known is None:
+                raise
+            out["errors"].append(str(known) if known is not exc else f"{key}: {exc}")
     if with_usage:
         out["usage"] = usage(cfg)
     return out

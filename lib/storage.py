@@ -16,9 +16,8 @@ from typing import Any
 
 import google_crc32c
 
-from lib import clients, retry
+from lib import clients, errors, retry
 from lib.config import Config
-from lib.errors import OpsError
 from lib.log import Log, quiet
 
 CHUNK = 8 << 20
@@ -51,9 +50,9 @@ def ensure_bucket(cfg: Config, on_log: Log = quiet) -> bool:
         return False
     except gexc.NotFound:
         pass
-    except gexc.Forbidden:
-        raise OpsError(f"bucket gs://{cfg.bucket_name} exists but belongs to someone else, or you lack access: "
-                       "choose another name with OPS_HPC_BUCKET") from None
+    except gexc.Forbidden as exc:
+        known = errors.explain(exc, what=f"bucket gs://{cfg.bucket_name}")
+        raise type(known)(f"{known} (or the name belongs to someone else: choose another with OPS_HPC_BUCKET)") from None
     b = gcs.bucket(cfg.bucket_name)
     b.iam_configuration.uniform_bucket_level_access_enabled = True
     b.iam_configuration.public_access_prevention = "enforced"
@@ -137,7 +136,7 @@ def delete_many(cfg: Config, objects: Sequence[tuple[str, int | None]]) -> dict[
                 bkt.blob(name).delete(if_generation_match=generation, retry=None)
         # finish() (run by the context manager) keeps the per-item answers here, in request order
         again, failure = [], None
-        for (name, generation), answer in zip(chunk, batch._responses, strict=True):
+        for (name, generation), answer in zip(chunk, clients.batch_responses(batch), strict=True):
             status = answer.status_code
             if status in retry.RETRYABLE_HTTP_CODES:
                 again.append((name, generation))

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib import clients, pricing, retry
+from lib import clients, errors, paths, pricing, retry
 from lib.config import Config
 from lib.errors import OpsError, UsageError
 
@@ -112,7 +112,7 @@ class VmSpec:
         }
 
 
-class ImageNotFound(OpsError):
+class ImageNotFound(errors.Missing):
     """No such image or image family (yet)."""
 
 
@@ -235,7 +235,7 @@ def plan_vm(
 
     meta = dict(metadata or {})
     if startup_script is not None:
-        meta["startup-script"] = startup_script
+        meta["startup-script"] = paths.vm_text(startup_script)  # a CRLF script would die on the VM
     labels = {LABEL_KEY: "true", LABEL_RUN: label_value(run_id), LABEL_KIND: kind, LABEL_END: str(expected_end),
               LABEL_HOST: this_host(), LABEL_LAUNCHED: str(int(now))}
     if reports_status:

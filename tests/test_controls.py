@@ -106,10 +106,11 @@ def test_delete_vm_deletes_the_vm_now(localcloud, tmp_path):
 
 def test_make_targets_call_the_invoke_tasks_with_these_flags():
     makefile = (REPO / "Makefile").read_text()
-    for target in ("abort", "emergency", "stop-vm", "monitor"):
+    for target in ("abort", "emergency", "delete-vm", "monitor"):
         assert f"$(INVOKE) {target} --name $(NAME)" in makefile
+    assert "stop-vm: delete-vm" in makefile  # the older name stays an alias
     assert "$(INVOKE) extend --minutes $(MINUTES)" in makefile
-    tasks = (REPO / "tasks.py").read_text()
-    for fn in ("def abort(c, name=", "def emergency(c, name=", "def stop_vm(c, name=", "def extend(c, minutes=",
-               "def monitor(c, name=", "def run(c, jobs=", "def build(c"):
+    tasks = (REPO / "lib" / "tasks.py").read_text()
+    for fn in ("def abort(c, name=", "def emergency(c, name=", "def delete(c, name=", "def extend(c, minutes=",
+               "def monitor(c, name=", "def run_jobs(c, jobs=", "def build(c"):
         assert fn in tasks
