@@ -216,6 +216,7 @@ def find_pushover(tables: list[Table]) -> Pair | None:
     if len(disp) != 1 or len(react) != 1:
         return None
     values = react[0].columns - 1
+    cols: tuple[int, ...]
     if values == 1:
         cols, why = (2,), "base shear = -(reaction column 2)"
     elif values % 3 == 0:

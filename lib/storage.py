@@ -51,7 +51,7 @@ def ensure_bucket(cfg: Config, on_log: Log = quiet) -> bool:
     except gexc.NotFound:
         pass
     except gexc.Forbidden as exc:
-        known = errors.explain(exc, what=f"bucket gs://{cfg.bucket_name}")
+        known = errors.explain(exc, what=f"bucket gs://{cfg.bucket_name}") or errors.OpsError(str(exc))
         raise type(known)(f"{known} (or the name belongs to someone else: choose another with OPS_HPC_BUCKET)") from None
     b = gcs.bucket(cfg.bucket_name)
     b.iam_configuration.uniform_bucket_level_access_enabled = True

@@ -73,6 +73,8 @@ def load_script(name: str) -> Any:
     path = paths.BIN / name
     loader = importlib.machinery.SourceFileLoader(f"ops_hpc_bin_{name.replace('-', '_')}", str(path))
     spec = importlib.util.spec_from_loader(loader.name, loader)
+    if spec is None:  # only for a file the loader cannot read
+        raise cli.OpsError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module

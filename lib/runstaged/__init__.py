@@ -105,7 +105,7 @@ def run_staged(cfg: Config, batch_path: str | Path | None, *, wait: bool = False
     if cfg.local and image is None:
         image = build.ensure_image(cfg, on_log=on_log)
     shards = shard_by_timeout(models, vms)
-    total = len(models) if batch is not None else len(stage.load_description(cfg, run_id)["models"])
+    total = len(models) if batch is not None else len((stage.load_description(cfg, run_id) or {"models": models})["models"])
     names = None
     if rerun:
         suffix = time.strftime("%H%M%S")

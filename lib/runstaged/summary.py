@@ -17,10 +17,10 @@ def summarize(run_id: str, models: list[StagedModel], followed: Followed, result
     """One row per model from its pulled MANIFEST.json: state, run time, files, size, cost (VM rate x run time)."""
     from lib import manifest
 
-    by_model = {}
-    for vm in followed.vms:
-        for m in vm.models:
-            by_model[m] = vm  # the last VM that had it (relaunches come later in the list)
+    by_model: dict[str, VmRun] = {}
+    for run in followed.vms:
+        for name in run.models:
+            by_model[name] = run  # the last VM that had it (relaunches come later in the list)
     rows = []
     for m in models:
         folder = Path(results_dir) / run_id / m.name
