@@ -59,9 +59,8 @@ class Outcome:
     retry_at: float | None = None  # waiting: when the set that failed will be tried again
 
 
-
 def pull_set(cfg: Config, folder: Path, s: ResultSet, tracker: Tracker, transfers: Transfers,
-              on_log: Log, on_progress: ProgressFn, max_bytes: int, now: Callable[[], float]) -> Outcome:
+             on_log: Log, on_progress: ProgressFn, max_bytes: int, now: Callable[[], float]) -> Outcome:
     out = Outcome(s.id, s.kind, "failed", files=len(s.objects), bytes=s.size, generation=s.generation)
     busy = tracker.claim(s.id, s.round)
     if busy:

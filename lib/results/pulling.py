@@ -145,13 +145,13 @@ def _pull(cfg: Config, folder: Path, tracker: Tracker, confirm: Callable[[Plan],
         on_log(f"{s.id}: deferred, {why}")
         tracker.set_status(s.id, "pending", why)
         report.outcomes.append(_outcome(s, "deferred", why))
-    old_placeholders = [p for p in listing.placeholders if t - p.updated >= settle]
-    if not plan.todo and not old_placeholders:
-        return report
-    if not confirm(plan):
+    if plan.todo and not confirm(plan):
         report.confirmed = False
         return report
-    if old_placeholders:  # zero-byte folder objects with nothing under them: hold no result
+    # Zero-byte folder objects with nothing under them hold no result: removed without a question
+    # (at the generation listed), unless the user just said no.
+    old_placeholders = [p for p in listing.placeholders if t - p.updated >= settle]
+    if old_placeholders:
         done = storage.delete_many(cfg, [(p.name, p.generation) for p in old_placeholders])
         report.placeholders_removed = sum(1 for v in done.values() if v == "deleted")
         on_log(f"removed {report.placeholders_removed} empty folder placeholder object(s)")
