@@ -44,6 +44,9 @@ PLATFORMS = {
                        "os_name": "posix"}),
 }
 WITH_LOCAL = {"Windows x64", "Linux x86_64"}  # where OpenSees (the local cloud's VMs) has wheels
+# OpenSees' own dependencies (cytriangle via xsection) publish Linux wheels for glibc 2.39 only
+# (Ubuntu 24.04, Debian 13, Fedora 40 and later): the [local] check on Linux accepts that tag too.
+LOCAL_TAGS = {"Linux x86_64": ["manylinux_2_39_x86_64"]}
 # Known gaps of the [local] extra (the local cloud only; the runtime install is unaffected):
 KNOWN = {("Linux x86_64", "3.10", "local"): "cytriangle 2.0.0 (OpenSees -> xsection) has no cp310 wheel: "
                                             "`make venv` compiles it (needs a C compiler)"}
@@ -101,6 +104,7 @@ def resolve(wheel: Path, name: str, python: str, extra: str = "") -> tuple[bool,
     """Runtime: the wheel's own pins only (what `pip install .` does). With an extra: also the lock, as
     `make venv` installs it (without it pip backtracks through OpenSees' unpinned plotting stack)."""
     tags, environment = PLATFORMS[name]
+    tags = tags + (LOCAL_TAGS.get(name, []) if extra else [])
     pins = requirements(wheel, environment, python, extra)
     with tempfile.TemporaryDirectory() as target:
         constraints = ["-c", str(lock_constraints(python, environment, Path(target)))] if extra else []
@@ -117,6 +121,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         wheel = build_wheel(Path(tmp))
         jobs = [(name, python, "") for name in PLATFORMS for python in PYTHONS]
+        if "--local-only" in sys.argv:
+            jobs = []
         if "--runtime-only" not in sys.argv:
             jobs += [(name, python, "local") for name in sorted(WITH_LOCAL) for python in PYTHONS]
         with ThreadPoolExecutor(max_workers=4) as pool:
