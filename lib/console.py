@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from lib import cli, paths
 
 # subcommand -> bin/ script
-SCRIPTS = ("pull", "verify", "stage", "launch", "push", "sweep", "status", "localcloud")
+SCRIPTS = ("pull", "verify", "report", "stage", "launch", "push", "sweep", "status", "localcloud")
 # subcommand -> invoke task path in lib/tasks.py
 TASKS = {
     "setup": "setup", "cleanup": "cleanup", "config": "config", "run-staged": "run-staged", "run": "run.jobs",

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib import compute, downloads, storage
+from lib import compute, downloads, retry, storage
 from lib.compute import Vm
 from lib.config import Config
 from lib.errors import OpsError, UsageError
@@ -174,7 +174,7 @@ def has_first_status(cfg: Config, vm: Vm) -> bool | None:
         where = cfg.replace(bucket=vm.bucket) if vm.bucket else cfg
         if storage.get_blob(where, f"_status/{vm.run_id}/{vm.name}.txt") is not None:
             return True
-        return False if storage.bucket(where).exists(retry=None) else None  # no bucket: it cannot say
+        return False if retry.google(storage.bucket(where).exists) else None  # no bucket: it cannot say
     except Exception:  # an unreachable bucket must never be read as "it said nothing"
         return None
 
@@ -266,11 +266,8 @@ def _apply(cfg: Config, state: SessionState, name: str, entry: Mapping[str, Any]
 
 def _recover_downloads(cfg: Config, on_log: Log) -> list[str]:
     """Downloads a dead pull left `downloading` go back for retry on the next pull (lib/downloads.py)."""
-    folder = Path(cfg.results_dir)
-    if not (folder / downloads.STATE_FILE).exists():  # no pull ever ran here: nothing to reset, create nothing
-        return []
     try:
-        reset = downloads.Tracker(folder).recover()
+        reset = downloads.recover(Path(cfg.results_dir))  # creates nothing where no pull ever ran
     except Exception as exc:  # a broken download state must not block VM safety
         on_log(f"could not check interrupted downloads: {exc}")
         return []

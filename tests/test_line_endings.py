@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from vm_helpers import vm_config
 
-from lib import compute, paths, runstaged, storage
+from lib import build, compute, paths, runstaged, storage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +23,8 @@ def _crlf_copy(tmp_path: Path) -> Path:
     folder = tmp_path / "vm-scripts-crlf"
     folder.mkdir()
     for script in (REPO / "vm-scripts").iterdir():
+        if not script.is_file():  # caches of linters run on the helpers
+            continue
         data = script.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         (folder / script.name).write_bytes(data)
     return folder
@@ -38,7 +40,8 @@ def test_vm_script_ships_lf_from_a_crlf_tree(tmp_path, monkeypatch):
         shipped = paths.vm_script(name)
         data = shipped.read_bytes()
         assert b"\r" not in data and data == (REPO / "vm-scripts" / name).read_bytes().replace(b"\r\n", b"\n")
-        assert subprocess.run(["bash", "-n", str(shipped)]).returncode == 0
+        if name.endswith(".sh"):  # ops_helpers.py is checked by its own tests (Python 3.6)
+            assert subprocess.run(["bash", "-n", str(shipped)]).returncode == 0
 
 
 def test_an_lf_tree_is_shipped_as_is():
@@ -62,7 +65,7 @@ def test_a_crlf_startup_script_in_metadata_becomes_lf(localcloud, image, tmp_pat
 
 @pytest.fixture(scope="module")
 def image(localcloud, tmp_path_factory):
-    return runstaged.ensure_local_image(vm_config(localcloud, tmp_path_factory.mktemp("image-state")))
+    return build.ensure_image(vm_config(localcloud, tmp_path_factory.mktemp("image-state")))
 
 
 def test_a_crlf_checkout_still_runs_a_model_on_a_local_vm(localcloud, image, tmp_path, monkeypatch):
@@ -73,7 +76,7 @@ def test_a_crlf_checkout_still_runs_a_model_on_a_local_vm(localcloud, image, tmp
     base = tmp_path / "batch"
     shutil.copytree(REPO / "batches" / "examples" / "truss_transient", base / "truss")
     (base / "batch.txt").write_text("truss timeout=5\r\n")
-    out = runstaged.run_staged(cfg, base / "batch.txt", wait=True, results_dir=tmp_path / "results", image=image)
+    out = runstaged.run_staged(cfg, base / "batch.txt", wait=True, results_dir=tmp_path / "results", image=image).to_json()
     assert {r["model"]: r["state"] for r in out["rows"]} == {"truss": "ok"}
     assert (tmp_path / "results" / out["run_id"] / "truss" / "output" / "member_forces.out").stat().st_size > 0
     assert all(compute.get_vm(cfg, vm) is None for vm in out["vms"])

@@ -106,7 +106,7 @@ def test_tidy_removes_bookkeeping_of_runs_that_are_over_and_keeps_the_rest(local
         _put(bucket, f"_logs/{run}/a.log")
     _put(bucket, "run-unpulled/a.zip")  # a result still waiting for `bin/pull`
     _put(bucket, "_status/latest.txt", "run_id=run-done\n")
-    monkeypatch.setattr(compute, "list_vms", lambda cfg: [{"name": "vm", "run_id": "run-busy"}])
+    monkeypatch.setattr(compute, "list_vms", lambda cfg: [compute.Vm(name="vm", status="RUNNING", zone="z", run_id="run-busy")])
 
     def left(run):
         return sorted(b.name for b in storage.list_blobs(bucket) if run in b.name)

@@ -92,7 +92,7 @@ def test_local_backend_has_its_own_project_and_bucket():
 
 
 def test_example_file_documents_every_key_and_loads(tmp_path):
-    example = config_mod.Path(__file__).resolve().parents[1] / "ops-hpc.example.toml"
+    example = config_mod.Path(__file__).resolve().parents[2] / "ops-hpc.example.toml"
     text = example.read_text()
     for key, _default, _env, _doc in config_mod.describe():
         assert re.search(rf"^#? ?{key} = ", text, re.M), f"{key} missing from ops-hpc.example.toml"

@@ -93,7 +93,7 @@ import inspect  # noqa: E402
 import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-LIB = Path(__file__).resolve().parents[1] / "lib"
+LIB = Path(__file__).resolve().parents[2] / "lib"
 # Method names that plain Python objects have too: a call to one counts only on a Google-looking receiver.
 GENERIC = {"get", "list", "insert", "delete", "update", "open", "reload", "exists", "patch", "reset", "start", "stop",
            "copy", "create", "upload", "download", "result", "close", "wait", "withdraw", "announce", "move", "add",
