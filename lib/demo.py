@@ -22,7 +22,7 @@ def demo(state_dir: Path, results_dir: Path, batch: Path | str = paths.REPO / "b
     """
     import psutil
 
-    from lib import results
+    from lib import report, results
     from lib.localcloud import LocalCloudError, control
     from lib.runstaged import run_staged
 
@@ -39,6 +39,7 @@ def demo(state_dir: Path, results_dir: Path, batch: Path | str = paths.REPO / "b
         checks = results.verify(None, results_dir, sets)
         out["verified"] = {v.id: (not v.differences and v.source != "none") for v in checks}
         out["bucket_results_left"] = [s.id for s in results.list_sets(cfg).sets]
+        out["report"] = str(report.write_report(results_dir, out["run_id"], rows=out["rows"]))  # the run's index.html
     finally:
         control.down(state_dir, on_log=on_log)
     out["leftover_processes"] = [p.pid for p in psutil.process_iter(["cmdline"])

@@ -86,6 +86,7 @@ class SweepResult:
     pull: dict[str, Any] | None = None
     skipped: bool = False
     dry_run: bool = False
+    tidied: list[str] = field(default_factory=list)  # runs whose _uploads/_status/_logs were removed
 
     @property
     def deleted_total(self) -> int:
@@ -94,7 +95,8 @@ class SweepResult:
 
     def summary(self) -> str:
         return (f"sweep: {self.deleted_total} deleted, {len(self.would_delete)} would delete, {len(self.kept)} kept, "
-                f"{len(self.orphans)} unlabeled left alone, {len(self.failed)} failed")
+                f"{len(self.orphans)} unlabeled left alone, {len(self.failed)} failed"
+                + (f", {len(self.tidied)} finished run(s) tidied" if self.tidied else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,6 +160,13 @@ def sweep(cfg: Config, *, grace_min: float | None = None, dry_run: bool = False,
                     on_warn(f"could not delete {vm.name}: {exc}")
         if pull:
             result.pull = run_pull(cfg, dry_run=dry_run, on_log=on_log)
+        if not dry_run:
+            from lib import stage  # its storage client is only needed here: keeps bin/sweep --help fast
+
+            try:  # the bookkeeping of runs that are over (results pulled, VMs gone): the bucket empties
+                result.tidied = stage.tidy_finished_runs(cfg, now=now, on_log=on_log)
+            except Exception as exc:  # tidying is housekeeping: it never fails the sweep
+                on_warn(f"could not tidy finished runs: {exc}")
     finally:
         lock.release()
     return result

@@ -411,6 +411,7 @@ def demo(c, tail=False):
     _print_run(out)
     print(f"results verified against their manifests in {out['results_dir']}; bucket holds no results; "
           f"local cloud stopped, no process left; demo took {out['demo_wall_s']:.1f} s")
+    print(f"report: {out['report']}")
 
 
 def _need_opensees() -> None:

@@ -193,3 +193,20 @@ def test_summary_line_counts_what_reconcile_deleted(vms, localcloud):
     assert proc.returncode == 0, proc.stderr
     assert compute.get_vm(vms.cfg, name) is None
     assert proc.stdout.strip().splitlines()[-1].startswith("sweep: 1 deleted,"), proc.stdout
+
+
+def test_sweep_tidies_the_bookkeeping_of_finished_runs(localcloud, bucket, monkeypatch, tmp_path):
+    """The cron sweeper empties the bucket of runs that are over: all results pulled, no VM left."""
+    from lib import clients, storage
+
+    monkeypatch.setattr(compute, "list_vms", lambda *a, **k: [])  # no VM of this bucket's runs is left
+    for name, data in (("_uploads/run-old/batch.json", '{"models": [{"name": "a", "timeout_min": 1}]}'),
+                       ("_status/run-old/vm.txt", "format=1\nrun_id=run-old\nstate=done\nmodel.a=ok 1.0\n"),
+                       ("_logs/run-old/a.log", "done\n")):
+        storage.upload_bytes(bucket, name, data.encode())
+    cfg = clients.resolve(bucket).replace(state_dir=str(tmp_path / "state"))  # endpoints resolved, own state
+    dry = sweep.sweep(cfg, dry_run=True, now=time.time() + 2 * 3600)
+    assert dry.tidied == [] and len(storage.list_blobs(bucket)) == 3  # a dry run removes nothing
+    result = sweep.sweep(cfg, now=time.time() + 2 * 3600)
+    assert result.tidied == ["run-old"] and storage.list_blobs(bucket) == []
+    assert "1 finished run(s) tidied" in result.summary()
