@@ -217,6 +217,8 @@ def test_demo_pipeline_end_to_end_leaves_nothing_behind(tmp_path):
             assert (folder / "output" / name).stat().st_size > 0
     (vm,) = out["vms"]
     assert out["upload_to_delete_s"][vm] < 30 and out["overhead_s"] >= 0
+    report = Path(out["report"])  # make demo ends with the run's HTML report, next to its results
+    assert report == tmp_path / "results" / out["run_id"] / "index.html" and "frame_pushover" in report.read_text()
 
 
 def _wait_for(predicate, timeout: float, what: str):
@@ -264,7 +266,7 @@ def test_refused_or_interrupted_runs_leave_no_staged_inputs(cfg, image, tmp_path
 def test_a_startup_script_that_dies_gets_its_vm_deleted_within_seconds(cfg, image):
     run_id = stage.new_run_id()  # never staged: startup.sh finds no vm-scripts to run
     model = stage.StagedModel(name="m", main="main.tcl", cores=1, timeout_min=1)
-    name = stage.vm_name(run_id)
+    name = naming.vm_name(run_id)
     t0 = time.monotonic()
     with pytest.raises(OpsError, match="failed to start the run|startup script ended"):
         runstaged.launch(cfg, run_id, [[model]], image=image, machine_type=SMALL, boot_timeout=60)
@@ -281,7 +283,7 @@ def test_a_vm_whose_self_delete_is_refused_is_deleted_by_the_follower(cfg, image
     _tcl(base, "m", "puts hi\n")
     (base / "batch.txt").write_text("m timeout=10\n")  # roomy: the machine may be busy
     run_id = stage.new_run_id()
-    name = stage.vm_name(run_id)
+    name = naming.vm_name(run_id)
     faults("compute", "http:403", count=1, match=f"^DELETE .*/instances/{name}$")  # the VM's own delete only
     logs: list[str] = []
     out = runstaged.run_staged(cfg, base / "batch.txt", wait=True, run_id=run_id, results_dir=tmp_path / "r",
@@ -298,7 +300,7 @@ def test_a_result_whose_upload_fails_for_good_is_rescued_before_the_vm_is_delete
     _tcl(base, "m", SLOW_TCL.format(ms=200))
     (base / "batch.txt").write_text("m timeout=10\n")  # roomy: the machine may be busy
     run_id = stage.new_run_id()
-    name = stage.vm_name(run_id)
+    name = naming.vm_name(run_id)
     faults("storage", "http:403", count=10_000, match=f"uploadType=media&name={run_id}%2Fm\\.zip")
     logs: list[str] = []
     seen: dict[str, float] = {}
@@ -327,7 +329,7 @@ def test_a_stranded_result_is_retried_by_the_vm_until_it_uploads(cfg, image, loc
     _tcl(base, "m", "puts hi\n")
     (base / "batch.txt").write_text("m timeout=10\n")  # roomy: the machine may be busy
     run_id = stage.new_run_id()
-    name = stage.vm_name(run_id)
+    name = naming.vm_name(run_id)
     faults("storage", "http:403", count=10_000, match=f"uploadType=media&name={run_id}%2Fm\\.zip")
     runstaged.run_staged(cfg, base / "batch.txt", run_id=run_id, image=image)  # no wait: nobody rescues it
     _wait_for(lambda: _status(cfg, run_id, name).get("stranded") == "m", 60, "the VM to report m stranded")
