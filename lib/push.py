@@ -2,7 +2,7 @@
 
 Results travel VM -> bucket over Google's internal network, then bucket -> PC with bin/pull (verified,
 resumable). scp straight to the PC is only for a small single file: large recursive scp transfers are
-what failed in the original (PuTTY), so directories and big files are refused with the way to do it.
+are what fails over PuTTY-style links, so directories and big files are refused with the way to do it.
 """
 
 from __future__ import annotations

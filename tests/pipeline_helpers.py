@@ -1,4 +1,4 @@
-"""Shared by the ssh pipeline tests (issue 6): one opensees-hpc image built by the real build pipeline per session,
+"""Shared by the ssh pipeline tests: one opensees-hpc image built by the real build pipeline per session,
 VMs booted from it, jobs files of the small real OpenSees models in tests/data/models."""
 
 from __future__ import annotations

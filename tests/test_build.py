@@ -32,7 +32,7 @@ def test_build_pipeline_image_is_used_by_a_run_vm_and_a_run_staged_vm(localcloud
     vm_image = [b.name for b in storage.list_blobs(cfg)]
     assert any(n.startswith("quick_") and n.endswith("/disp.out") for n in vm_image)
 
-    # and so does run-staged (issue 5's pipeline), which boots from it with no ssh at all
+    # and so does run-staged, which boots from it with no ssh at all
     from lib import runstaged
 
     out = runstaged.run_staged(cfg, jobs, wait=True, image=image["name"], results_dir=tmp_path / "results",
