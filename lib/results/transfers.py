@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import google_crc32c
 
-from lib import manifest, retry, storage
+from lib import clients, manifest, retry, storage
 from lib.config import Config
 from lib.results.listing import Obj
 
@@ -192,16 +192,8 @@ class Transfers:
 def _widen_pool(client: Any, size: int) -> None:
     """requests keeps 10 connections per host by default; more threads than that would reconnect constantly."""
     try:
-        import requests.adapters
-
-        session = client._http
-        if getattr(session, "_ops_hpc_pool", 0) >= size:
-            return
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        session._ops_hpc_pool = size
-    except Exception:  # pragma: no cover - only a performance tweak
+        clients.widen_pool(client, size)
+    except Exception:  # pragma: no cover - only a performance tweak (tests/test_clients.py fails loudly on a library change)
         pass
 
 
