@@ -5,7 +5,7 @@
 | normal exit of the with block       | __exit__ (and atexit if the block was never left)     |
 | exception in the with block         | __exit__                                              |
 | Ctrl+C                              | SIGINT handler                                        |
-| kill / taskkill (graceful)          | SIGTERM, SIGBREAK (Windows), SIGHUP (POSIX terminal)  |
+| kill / taskkill (graceful)          | SIGTERM, SIGBREAK (Windows), SIGHUP (POSIX terminal; not under nohup) |
 | console window closed, logoff, shutdown (Windows) | SetConsoleCtrlHandler via ctypes        |
 | kill -9 / taskkill /F / power cut   | nothing here: session_state.json + reconcile, bin/sweep, and Google's maxRunDuration |
 
@@ -37,6 +37,11 @@ def _signals() -> list[int]:
     return [getattr(signal, n) for n in names if hasattr(signal, n)]
 
 
+def _nohup(sig: int) -> bool:
+    """SIGHUP ignored before the guard (`nohup`): the user asked the run to outlive its terminal, so leave it be."""
+    return sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN
+
+
 def _load_ctypes() -> Any:
     """ctypes, behind a function so tests can hand in a fake kernel32 on Linux."""
     import ctypes  # Windows console handling only: imported where it is used
@@ -66,6 +71,8 @@ class VMGuard:
         atexit.register(self._at_exit)
         if threading.current_thread() is threading.main_thread():
             for sig in _signals():
+                if _nohup(sig):
+                    continue
                 try:
                     self._previous[sig] = signal.signal(sig, self._on_signal)
                 except (OSError, ValueError):  # not settable here (e.g. embedded interpreter)
@@ -125,10 +132,13 @@ class VMGuard:
         self._uninstall()
         if callable(previous):
             previous(signum, frame)  # chain: e.g. Python's default SIGINT handler raises KeyboardInterrupt
-        elif previous == signal.SIG_IGN:
             return
-        else:  # SIG_DFL: the process was asked to end; end it, running finally blocks on the way out
-            raise SystemExit(128 + signum)
+        # SIG_DFL, or SIG_IGN inherited (a shell without job control starts background commands with SIGINT
+        # ignored, so Python installs no KeyboardInterrupt): the VM is gone, so the process ends either way,
+        # as Python's defaults would end it, running finally blocks on the way out.
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
 
     def _console_event(self, event: int) -> int:
         """Windows console control handler: True = handled. Ctrl+C/Break are left to the signal handlers."""

@@ -72,9 +72,16 @@ def test_refuses_to_delete_a_vm_without_our_label(vms):
     compute.delete_vm(vms.cfg, name, force=True, on_log=vms.log)
 
 
-def _child(vms, name):
+# Starts the child with SIGINT ignored, as a shell without job control starts a background command (`cmd &`
+# in a script, a CI step): Python then installs no KeyboardInterrupt handler for the guard to chain to.
+IGNORING_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                   "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+
+
+def _child(vms, name, *, sigint_ignored=False):
     env = vms.cloud.env(state_dir=vms.cfg.state_dir, machine_type="e2-standard-2", build_machine_type="e2-standard-2")
-    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "guard_child.py"), name], env=env,
+    wrapper = [sys.executable, "-c", IGNORING_SIGINT] if sigint_ignored else [sys.executable]
+    proc = subprocess.Popen([*wrapper, str(REPO_ROOT / "tests" / "guard_child.py"), name], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert line.strip() == "ready", (line, proc.stderr.read() if proc.poll() is not None else "")
@@ -93,6 +100,35 @@ def test_signal_to_real_child_deletes_vm(vms, sig):
     assert f"deleting VM {name}" in out
     assert proc.returncode != 0  # the signal still ends the process (KeyboardInterrupt / exit 128+15)
     assert name not in SessionState(vms.cfg).vms()
+
+
+@posix_only
+def test_sigint_to_a_child_that_inherited_sigint_ignored_deletes_vm_and_ends_it(vms):
+    """The guard replaced an inherited SIG_IGN: after deleting the VM the process must end, not carry on without it."""
+    name = vms.name()
+    proc = _child(vms, name, sigint_ignored=True)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert compute.get_vm(vms.cfg, name) is None, (out, err)
+    assert f"deleting VM {name} (SIGINT received)" in out
+    assert "KeyboardInterrupt" in err and proc.returncode != 0, (proc.returncode, err)
+
+
+@posix_only
+def test_sighup_ignored_by_nohup_stays_ignored(monkeypatch):
+    """`nohup`: the run outlives its terminal, so the guard does not turn a hang-up into a delete."""
+    monkeypatch.setattr(VMGuard, "_mark", lambda self, guarded: None)
+    monkeypatch.setattr(compute, "delete_vm", lambda cfg, name, **kw: True)
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with VMGuard(object(), "vm-x", on_log=lambda _: None) as g:
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == g._on_signal
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with VMGuard(object(), "vm-y", on_log=lambda _: None) as g:
+            assert signal.getsignal(signal.SIGHUP) == g._on_signal  # a terminal's hang-up still deletes
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 @posix_only
