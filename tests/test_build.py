@@ -8,8 +8,8 @@ import pytest
 
 from lib import build, clients, compute, images, runjobs, storage
 from lib.errors import OpsError
-from tests.pipeline_helpers import jobs_file, quiet
-from tests.vm_helpers import vm_config
+from tests.support.pipelines import jobs_file, quiet
+from tests.support.vms import vm_config
 
 
 def test_build_pipeline_image_is_used_by_a_run_vm_and_a_run_staged_vm(localcloud, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from lib import compute, pricing
 from lib.errors import OpsError
 from lib.state import SessionState
-from tests.vm_helpers import ensure_opensees_image, vm_env
+from tests.support.vms import ensure_opensees_image, vm_env
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lib import compute, controls, ssh, storage
-from tests.helpers import REPO
-from tests.pipeline_helpers import boot, quiet, start_job, wait_for
-from tests.vm_helpers import unique, vm_config
+from tests.support.bins import REPO
+from tests.support.pipelines import boot, quiet, start_job, wait_for
+from tests.support.vms import unique, vm_config
 
 
 def _opensees_pids(cfg, name: str) -> list[int]:

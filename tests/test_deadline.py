@@ -12,7 +12,7 @@ import pytest
 from lib import deadline as dl
 from lib.config import Config
 from lib.errors import OpsError
-from tests.helpers import REPO
+from tests.support.bins import REPO
 
 
 class Clock:

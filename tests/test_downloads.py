@@ -101,7 +101,7 @@ def test_release_if_mine_on_interruption(tmp_path):
 def test_concurrent_claims_let_exactly_one_process_win(tmp_path):
     code = ("import sys; sys.path.insert(0, %r); from lib.downloads import Tracker; "
             "print('won' if Tracker(sys.argv[1]).claim('s', 'r') is None else 'lost'); import time; time.sleep(3)")
-    from tests.helpers import REPO
+    from tests.support.bins import REPO
 
     procs = [subprocess.Popen([sys.executable, "-c", code % str(REPO), str(tmp_path)], stdout=subprocess.PIPE, text=True)
              for _ in range(4)]

@@ -15,7 +15,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
 from lib.localcloud.compute import ComputeEmulator
-from tests.emulator_helpers import FAMILY, PROJECT, ZONE, Cloud, instance, serve_cloud, vm_procs, wait_for
+from tests.support.emulator import FAMILY, PROJECT, ZONE, Cloud, instance, serve_cloud, vm_procs, wait_for
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from lib.localcloud import iam
 from lib.localcloud.faults import FaultRegistry
 from lib.localcloud.shaping import Line, Shaper
 from lib.localcloud.storage_door import StorageDoor
-from tests.emulator_helpers import FAMILY, PROJECT, ZONE, Cloud, instance, serve_cloud, wait_for
+from tests.support.emulator import FAMILY, PROJECT, ZONE, Cloud, instance, serve_cloud, wait_for
 
 FAMILY_QUOTA = f"projects/{PROJECT}/locations/global/services/compute.googleapis.com/quotaInfos/" \
                "CPUS-PER-VM-FAMILY-per-project-region"

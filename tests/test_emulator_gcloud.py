@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import needs_gcloud
+from tests.support.bins import needs_gcloud
 
 # gcloud starts slowly (about a second of CPU per command): 10-25 s per group on an idle 2-core machine.
 pytestmark = [needs_gcloud, pytest.mark.gcloud, pytest.mark.timeout(900)]

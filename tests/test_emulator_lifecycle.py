@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from google.cloud import compute_v1
 
-from tests.emulator_helpers import FAMILY, PROJECT, ZONE, Cloud, instance, serve_cloud, wait_for
+from tests.support.emulator import FAMILY, PROJECT, ZONE, Cloud, instance, serve_cloud, wait_for
 
 STEP = 0.4  # seconds per operation step in these tests: long enough to observe, short enough to stay fast
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lib.localcloud.compute import schema
-from tests.emulator_helpers import FAMILY, PROJECT, ZONE, Cloud, serve_cloud
+from tests.support.emulator import FAMILY, PROJECT, ZONE, Cloud, serve_cloud
 
 INSTANCES = f"projects/{PROJECT}/zones/{ZONE}/instances"
 

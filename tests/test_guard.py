@@ -15,7 +15,7 @@ from lib.guard import VMGuard
 from lib.polling import poll_until
 from lib.reconcile import reconcile
 from lib.state import SessionState
-from tests.vm_helpers import REPO_ROOT, vm_env
+from tests.support.vms import REPO_ROOT, vm_env
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX signals; the Windows path is unit-tested below")
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from lib import compute
-from tests.helpers import run_bin
-from tests.vm_helpers import SMALL, vm_env
+from tests.support.bins import run_bin
+from tests.support.vms import SMALL, vm_env
 
 ROCKY = "projects/cloud-hpc-image-public/global/images/family/hpc-rocky-linux-8"
 

@@ -12,9 +12,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from vm_helpers import vm_config
 
 from lib import build, compute, paths, runstaged, storage
+from tests.support.vms import vm_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from lib import clients, retry, storage
 from lib.config import Config
 from lib.errors import OpsError
 from lib.localcloud import control
-from tests.helpers import REPO, needs_gcloud
+from tests.support.bins import REPO, needs_gcloud
 
 ZONE = "us-central1-a"
 PROJECT = "ops-hpc-local"

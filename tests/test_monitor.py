@@ -6,8 +6,8 @@ import pytest
 
 from lib import compute, monitor
 from lib.errors import OpsError
-from tests.pipeline_helpers import boot, quiet, start_job
-from tests.vm_helpers import unique, vm_config
+from tests.support.pipelines import boot, quiet, start_job
+from tests.support.vms import unique, vm_config
 
 PROC = """cpu  100 0 100 800 0 0 0 0 0 0
 cpu  150 0 150 850 0 0 0 0 0 0

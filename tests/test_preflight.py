@@ -8,7 +8,7 @@ import types
 import uuid
 
 from lib import preflight, storage
-from tests.vm_helpers import REPO_ROOT, vm_config
+from tests.support.vms import REPO_ROOT, vm_config
 
 
 def test_all_checks_on_local_cloud_create_the_bucket_locked_down(localcloud, tmp_path):

@@ -9,9 +9,9 @@ import pytest
 
 from lib import compute, controls, push, ssh, storage
 from lib.errors import OpsError
-from tests.helpers import needs_gcloud, run_bin
-from tests.pipeline_helpers import boot, quiet
-from tests.vm_helpers import unique, vm_config
+from tests.support.bins import needs_gcloud, run_bin
+from tests.support.pipelines import boot, quiet
+from tests.support.vms import unique, vm_config
 
 
 def _seed(cfg, name: str) -> None:

@@ -19,7 +19,7 @@ import pytest
 from lib import manifest, report, storage
 from lib import report_plots as plots
 from lib.errors import UsageError
-from tests.helpers import REPO, run_bin
+from tests.support.bins import REPO, run_bin
 
 RUN = "run-20261122-101500-ab12"
 MODELS = ("frame_pushover", "truss_transient")

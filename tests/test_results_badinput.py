@@ -15,7 +15,7 @@ import pytest
 
 from lib import results
 from lib.downloads import Tracker
-from tests.test_results_support import assert_nothing_escaped, make_zip, names, put, recorder_files
+from tests.support.results import assert_nothing_escaped, make_zip, names, put, recorder_files
 
 T = "T_20260101-000000"
 ESCAPE = "ops-hpc-escape-canary-7f3a"  # an absolute path that must never appear (fixed: xdist workers must collect the same ids)

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from lib.downloads import Tracker
-from tests.helpers import REPO, run_bin
-from tests.test_results_support import (
+from tests.support.bins import REPO, run_bin
+from tests.support.results import (
     assert_same_files,
     make_zip,
     names,

@@ -9,7 +9,7 @@ import pytest
 
 from lib import results
 from lib.downloads import Tracker
-from tests.test_results_support import (
+from tests.support.results import (
     assert_same_files,
     make_zip,
     manifest_for,

@@ -13,7 +13,7 @@ import pytest
 from lib import results, status
 from lib.downloads import Tracker
 from lib.results import extract, listing
-from tests.test_results_support import assert_same_files, make_zip, manifest_for, names, put, put_tree, recorder_files
+from tests.support.results import assert_same_files, make_zip, manifest_for, names, put, put_tree, recorder_files
 
 TREE = "Frame_20261121-101500"
 MARKER = f"{TREE}/.ops-hpc-push.json"

@@ -9,7 +9,7 @@ import google_crc32c
 
 from lib import results, storage
 from lib.results import transfers
-from tests.test_results_support import crc, make_zip, names, put, put_tree, recorder_files
+from tests.support.results import crc, make_zip, names, put, put_tree, recorder_files
 
 
 def test_crc32c_combine_matches_the_whole_object_crc():

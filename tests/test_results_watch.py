@@ -12,8 +12,8 @@ import pytest
 from lib import results
 from lib.downloads import StateError, Tracker
 from lib.errors import OpsError, UsageError
-from tests.helpers import run_bin
-from tests.test_results_support import make_zip, names, put
+from tests.support.bins import run_bin
+from tests.support.results import make_zip, names, put
 
 LISTING = r"GET /storage/v1/b/[^/]+/o\?"
 

@@ -13,12 +13,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import run_bin
-from vm_helpers import SMALL, vm_config
 
 from lib import build, compute, manifest, naming, results, runlog, runstaged, runstatus, stage, storage
 from lib.demo import demo
 from lib.errors import OpsError
+from tests.support.bins import run_bin
+from tests.support.vms import SMALL, vm_config
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "batches" / "examples"

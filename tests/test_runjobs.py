@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 from lib import compute, runjobs, ssh, storage
-from tests.helpers import REPO
-from tests.pipeline_helpers import jobs_file, opensees_image, quiet, wait_for
-from tests.vm_helpers import unique, vm_config
+from tests.support.bins import REPO
+from tests.support.pipelines import jobs_file, opensees_image, quiet, wait_for
+from tests.support.vms import unique, vm_config
 
 MINUTE_S = 3.0  # one job "minute" lasts 3 s here
 

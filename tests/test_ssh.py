@@ -14,9 +14,9 @@ import pytest
 from lib import compute, ssh
 from lib.config import Config
 from lib.errors import OpsError
-from tests.helpers import needs_gcloud
-from tests.pipeline_helpers import boot, quiet
-from tests.vm_helpers import unique, vm_config
+from tests.support.bins import needs_gcloud
+from tests.support.pipelines import boot, quiet
+from tests.support.vms import unique, vm_config
 
 GCP = dict(backend="gcp", project="my-proj-123", zone="europe-west4-b")
 

@@ -7,10 +7,9 @@ import json
 import uuid
 import zipfile
 
-from helpers import run_bin
-
 from lib import stage, storage
 from lib.batches import parse_batch
+from tests.support.bins import run_bin
 
 
 def _batch(tmp_path):

@@ -15,7 +15,7 @@ from lib.localcloud import control
 from lib.reconcile import Interrupted, reconcile
 from lib.state import STATE_FILE, SessionState
 from lib.sweep import sweep
-from tests.vm_helpers import SMALL, ensure_opensees_image, unique, vm_env, wait_gone
+from tests.support.vms import SMALL, ensure_opensees_image, unique, vm_env, wait_gone
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from lib import compute, pricing, status, storage
-from tests.helpers import run_bin
-from tests.vm_helpers import ensure_opensees_image, vm_env
+from tests.support.bins import run_bin
+from tests.support.vms import ensure_opensees_image, vm_env
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from filelock import FileLock
 from lib import compute, paths, sweep
 from lib.compute import Vm
 from lib.errors import UsageError
-from tests.helpers import run_bin
-from tests.vm_helpers import vm_env
+from tests.support.bins import run_bin
+from tests.support.vms import vm_env
 
 
 @pytest.fixture

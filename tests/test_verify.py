@@ -7,8 +7,8 @@ import json
 import pytest
 
 from lib import manifest, results
-from tests.helpers import run_bin
-from tests.test_results_support import crc, make_zip, manifest_for, put, put_tree, recorder_files
+from tests.support.bins import run_bin
+from tests.support.results import crc, make_zip, manifest_for, put, put_tree, recorder_files
 
 T = "TTFlat_20260406-153012"
 

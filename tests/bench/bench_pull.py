@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 
 from lib import storage
-from tests.helpers import REPO, needs_gcloud
-from tests.test_results_support import manifest_for
+from tests.support.bins import REPO, needs_gcloud
+from tests.support.results import manifest_for
 
 SMALL = int(os.environ.get("BENCH_SMALL", "2000"))
 BIG_MB = int(os.environ.get("BENCH_BIG_MB", "200"))

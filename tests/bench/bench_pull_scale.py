@@ -19,7 +19,7 @@ import pytest
 
 from lib import results, storage
 from lib.downloads import Tracker
-from tests.test_results_support import make_zip
+from tests.support.results import make_zip
 
 TOTAL = int(os.environ.get("BENCH_SCALE_SETS", "10000"))
 pytestmark = pytest.mark.timeout(7200)  # a benchmark, not a test: it may take several minutes

@@ -18,9 +18,9 @@ import pytest
 from lib import compute, status
 from lib.polling import poll_until
 from lib.state import STATE_FILE
-from tests.helpers import run_bin
+from tests.support.bins import run_bin
+from tests.support.vms import vm_env
 from tests.test_guard import INSERT, _child_inserting
-from tests.vm_helpers import vm_env
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from lib import clients, compute
 from lib.config import Config
 from lib.polling import poll_until
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL = "e2-standard-2"  # 2 vCPUs: cheap on quota in the local cloud
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_bin(name: str, *args: str, env: dict[str, str], timeout: float = 120, input: str | None = None, cwd=None):
