@@ -10,7 +10,7 @@ from pathlib import Path
 from lib import build, compute, ssh
 from lib.config import Config
 
-MODELS = Path(__file__).resolve().parent / "data" / "models"
+MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
 _IMAGES: dict[str, str] = {}
 
 
