@@ -146,7 +146,7 @@ def policy(**overrides: Any) -> tenacity.Retrying:
 
 
 def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call `fn` under the policy; when it gives up, the original exception surfaces.
+    """Call `fn` under the policy; when it gives up, the last exception itself surfaces.
 
     For a composite attempt (several library calls that must be retried together);
     a single client method goes through `google` instead.
