@@ -39,6 +39,9 @@ RUN_JSON = "run.json"  # in REPORT_DIR: the rows the PC knew (cores, cost, VM), 
 RECORDER_SUFFIXES = (".out", ".txt")
 LOG_NAME = "opensees.log"
 LOG_TAIL = 25  # lines of a failed model's log shown in the report
+# Pictures per model: drawing costs ~0.1 s each, and a model with 600 recorders would hold up every pull
+# for a minute and give a page nobody reads. The rest are listed; `bin/report --max-figures 0` draws all.
+MAX_FIGURES = 24
 
 
 @dataclass
@@ -78,13 +81,14 @@ def _subfolders(folder: Path) -> list[Path]:
 def write_report(results_dir: Path, run_id: str, *, rows: Iterable[dict[str, Any]] | None = None,
                  plots_by_model: dict[str, list[str | plots.Pair]] | None = None,
                  max_bytes: int = plots.MAX_BYTES, max_points: int = plots.MAX_POINTS,
-                 now: float | None = None, on_log: Log = quiet) -> Path:
+                 max_figures: int = MAX_FIGURES, now: float | None = None, on_log: Log = quiet) -> Path:
     """Write RESULTS/RUN/index.html and RESULTS/RUN/_report/; returns the index's path.
 
     rows: what the PC knew of each model while following the run ({"model", and any of "cores",
       "cost", "vm", "state", "note", "seconds"}); kept in _report/run.json for later rebuilds.
     plots_by_model: {model or "*": ["x_file:col,y_file:col" or Pair, ...]}: curves to draw besides
       the pushover pair found from the file names.
+    max_figures: recorder files drawn per model (0: all); the others are named in a note.
     Raises UsageError when the run folder does not exist or a plot option is malformed.
     """
     run = Path(results_dir) / run_id
@@ -101,7 +105,7 @@ def write_report(results_dir: Path, run_id: str, *, rows: Iterable[dict[str, Any
         for name in names:
             on_log(f"report: {run_id}/{name}")
             models.append(_model(run, name, known.get(name, {}), staging,
-                                 wanted.get(name, []) + wanted.get("*", []), max_bytes, max_points))
+                                 wanted.get(name, []) + wanted.get("*", []), max_bytes, max_points, max_figures))
         (staging / RUN_JSON).write_text(json.dumps({"rows": list(known.values())}, indent=2, sort_keys=True,
                                                    default=str) + "\n", encoding="utf-8")
         page = render(run_id, models, now=time.time() if now is None else now)
@@ -158,7 +162,7 @@ def _known_rows(run: Path, rows: Iterable[dict[str, Any]] | None) -> dict[str, d
 
 
 def _model(run: Path, name: str, known: dict[str, Any], out: Path, pairs: list[plots.Pair],
-           max_bytes: int, max_points: int) -> ModelReport:
+           max_bytes: int, max_points: int, max_figures: int = MAX_FIGURES) -> ModelReport:
     folder = run / name
     man: dict[str, Any] | None = None
     notes = []
@@ -187,12 +191,16 @@ def _model(run: Path, name: str, known: dict[str, Any], out: Path, pairs: list[p
     if row["log"] and row["state"] not in ("ok", "?"):
         report.log_tail = _tail(folder / LOG_NAME, LOG_TAIL)
     tables: dict[str, plots.Table] = {}
+    undrawn: list[str] = []
     for rel in _recorder_files(folder):
         table = plots.read_table(folder / rel, rel, max_bytes=max_bytes)
         if isinstance(table, str):
             report.skipped.append((rel, table))
             continue
         tables[rel] = table
+        if max_figures and len(report.figures) >= max_figures:
+            undrawn.append(rel)
+            continue
         picture = out / _picture_name(name, rel)
         try:
             drawn = plots.draw_columns(table, picture, max_points=max_points)
@@ -200,6 +208,9 @@ def _model(run: Path, name: str, known: dict[str, Any], out: Path, pairs: list[p
             report.skipped.append((rel, f"could not be drawn ({type(exc).__name__}: {exc})"))
             continue
         report.figures.append(_figure(picture, name, rel, table, drawn))
+    if undrawn:
+        report.notes.append(f"{len(undrawn)} more recorder file(s) not drawn ({undrawn[0]} ... {undrawn[-1]}): "
+                            "`bin/report RUN --max-figures 0` draws them all")
     auto = plots.find_pushover(list(tables.values()))
     for pair in ([auto] if auto else []) + pairs:
         values = plots.pair_values(pair, tables)

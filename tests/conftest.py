@@ -62,9 +62,9 @@ class LocalCloud:
         return cfg
 
 
-def _start(tmp: Path, backend: str) -> LocalCloud:
+def _start(tmp: Path, backend: str, **options: Any) -> LocalCloud:
     state_dir = tmp / "state"
-    endpoints = control.up(state_dir, storage_backend=backend)
+    endpoints = control.up(state_dir, storage_backend=backend, **options)
     config_file = tmp / "ops-hpc.toml"
     config_file.write_text("# empty: tests configure through the environment\n")
     return LocalCloud(state_dir=state_dir, endpoints=endpoints, config_file=config_file)

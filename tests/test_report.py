@@ -238,6 +238,21 @@ def test_malformed_recorder_files_are_notes_and_the_rest_is_plotted(light):
     assert_local_links(index, page)
 
 
+def test_a_model_with_many_recorders_draws_the_first_ones_and_names_the_rest(light):
+    folder = light / RUN / "many"
+    for i in range(7):
+        (folder / f"Node_{i}.out").parent.mkdir(parents=True, exist_ok=True)
+        (folder / f"Node_{i}.out").write_text(f"0 0\n1 {i}\n2 {2 * i}\n")
+    write_set(folder, "many")
+    page = Page(report.write_report(light, RUN, max_figures=3).read_text(encoding="utf-8"))
+    drawn = sorted(i["alt"] for i in page.images if "/many--" in i["src"])
+    assert drawn == ["Node_0.out", "Node_1.out", "Node_2.out"]
+    text = " ".join("".join(page.text).split())
+    assert "4 more recorder file(s) not drawn (Node_3.out ... Node_6.out)" in text
+    page = Page(report.write_report(light, RUN, max_figures=0).read_text(encoding="utf-8"))
+    assert len([i for i in page.images if "/many--" in i["src"]]) == 7
+
+
 def test_header_names_and_single_columns(tmp_path):
     (tmp_path / "h.txt").write_text("time drift shear\n0 0 0\n1 0.01 250\n")
     table = plots.read_table(tmp_path / "h.txt", "h.txt")
