@@ -1,12 +1,14 @@
 """Batch files: which models to run, one per line.
 
     # comment
-    FOLDER [main=main.tcl] [cores=1] [timeout=60] [name=NAME]
+    #cores N      (optional header: the usable cores of the VM, overriding lib/packing.usable_cores' rule)
+    FOLDER [main=main.tcl] [cores=1] [timeout=60] [name=NAME] [mem=GB] [retries=N]
 
 FOLDER is relative to the batch file's folder (its *base*) and must stay inside
 it; quote it if it holds spaces. `cores` is what OpenSeesMP gets (1 = sequential
 OpenSees), `timeout` is minutes, `name` defaults to the folder's name and names
-the result set. Every bad line is reported with file and line number before
+the result set. `mem` (GB, optional) is packed against the VM's memory like `cores` against its cores;
+`retries` re-runs a model that failed (not one that timed out) up to N times. Every bad line is reported with file and line number before
 anything is uploaded or created, all of them at once, so a user fixes the file in
 one go.
 """
@@ -23,7 +25,8 @@ from typing import TypeVar
 from lib.errors import UsageError
 
 DEFAULTS = {"main": "main.tcl", "cores": "1", "timeout": "60"}
-KEYS = ("main", "cores", "timeout", "name")
+KEYS = ("main", "cores", "timeout", "name", "mem", "retries")
+CORES_HEADER_RX = re.compile(r"#\s*cores\s+(\S+)\s*")
 NAME_RX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 T = TypeVar("T")
 
@@ -45,9 +48,12 @@ class Model:
     cores: int
     timeout_min: int
     line: int
+    mem_gb: float = 0.0
+    retries: int | None = None  # None: not set on the line (run-staged's --retries applies)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "main": self.main, "cores": self.cores, "timeout_min": self.timeout_min}
+        return {"name": self.name, "main": self.main, "cores": self.cores, "timeout_min": self.timeout_min,
+                "mem_gb": self.mem_gb, "retries": self.retries or 0}
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class Batch:
     path: Path
     base: Path
     models: tuple[Model, ...]
+    cores: int | None = None  # the `#cores N` header: usable cores of the VM, overriding the SMT rule
 
     @property
     def timeouts_min(self) -> list[int]:
@@ -74,8 +81,15 @@ def parse_batch(path: str | Path) -> Batch:
     problems: list[str] = []
     models: list[Model] = []
     seen: dict[str, int] = {}
+    header_cores: int | None = None
     for number, raw in enumerate(lines, start=1):
         where = f"{path}:{number}"
+        header = CORES_HEADER_RX.fullmatch(raw.strip())
+        if header:
+            header_cores = _whole(header.group(1))
+            if header_cores is None:
+                problems.append(f"{where}: #cores {header.group(1)!r} is not a whole number above 0")
+            continue
         text = raw.split("#", 1)[0].strip()
         if not text:
             continue
@@ -129,6 +143,20 @@ def parse_batch(path: str | Path) -> Batch:
                                 f"{'cores' if key == 'cores' else 'minutes'} above 0")
         if len(numbers) < 2:
             continue
+        extra: dict = {}
+        if "mem" in options:
+            try:
+                extra["mem_gb"] = float(options["mem"])
+                if not 0 < extra["mem_gb"] < 1e5:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"{where}: mem={options['mem']!r} is not a number of GB above 0")
+                continue
+        if "retries" in options:
+            extra["retries"] = _whole(options["retries"], minimum=0)
+            if extra["retries"] is None:
+                problems.append(f"{where}: retries={options['retries']!r} is not a whole number of 0 or more")
+                continue
         name = values.get("name") or folder.name
         if not NAME_RX.fullmatch(name):
             problems.append(f"{where}: model name {name!r} must be letters, digits, '.', '_' or '-' (set name=...)")
@@ -137,12 +165,23 @@ def parse_batch(path: str | Path) -> Batch:
             problems.append(f"{where}: duplicate model name {name!r} (first on line {seen[name.lower()]}; set name=...)")
             continue
         seen[name.lower()] = number
-        models.append(Model(name, folder, main, numbers["cores"], numbers["timeout"], number))
+        models.append(Model(name, folder, main, numbers["cores"], numbers["timeout"], number, **extra))
+    if header_cores is not None:
+        problems += [f"{path}:{m.line}: cores={m.cores} is more than the batch's #cores {header_cores}"
+                     for m in models if m.cores > header_cores]
     if problems:
         raise BatchError(problems)
     if not models:
         raise UsageError(f"{path}: no models (one line per model: FOLDER [main=] [cores=] [timeout=])")
-    return Batch(path=path, base=base, models=tuple(models))
+    return Batch(path=path, base=base, models=tuple(models), cores=header_cores)
+
+
+def _whole(text: str, minimum: int = 1) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if value >= minimum else None
 
 
 def _link_inside(link: Path, folder: Path) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 from lib import storage
 from lib.config import Config
 from lib.errors import Refused
-from lib.runstatus import FINAL, latest_run_id, read_statuses, stranded, unfinished
+from lib.runstatus import FINAL, latest_run_id, read_statuses, running_models, stranded, unfinished
 
 
 def run_log(cfg: Config, run_id: str | None = None, *, tail: int = 20) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def run_log(cfg: Config, run_id: str | None = None, *, tail: int = 20) -> dict[s
         for name, info in status.get("per_model", {}).items():
             if name not in models or info["state"] != "pending":
                 models[name] = {**info, "vm": vm}
-    current = [s.get("current_model") for s in vms.values() if s.get("state") == "running" and s.get("current_model")]
+    current = [m for s in vms.values() if s.get("state") == "running" for m in running_models(s)]
     log_model = current[0] if current else None
     if log_model is None:
         finished = [n for n, i in models.items() if i["state"] not in ("pending",)]
@@ -39,15 +39,17 @@ def run_log(cfg: Config, run_id: str | None = None, *, tail: int = 20) -> dict[s
         raw = storage.download_bytes(cfg, f"_logs/{run_id}/{log_model}.log")
         if raw is not None:
             lines = raw.decode("utf-8", "replace").splitlines()[-tail:] if tail > 0 else []
-    return {"run_id": run_id, "vms": vms, "models": models, "log_model": log_model, "tail": lines}
+    return {"run_id": run_id, "vms": vms, "models": models, "log_model": log_model, "tail": lines, "running": current}
 
 
 def format_log(info: dict[str, Any]) -> str:
     """Human-readable progress: one line per VM, one per model, then the log tail."""
     out = [f"run {info['run_id']}"]
     for vm, s in sorted(info["vms"].items()):
-        cur = s.get("current_model")
-        out.append(f"  {vm}: {s.get('state', '?')}" + (f", model {s.get('current')}/{s.get('models')} {cur}" if cur else "")
+        running = running_models(s) if s.get("state") == "running" else []
+        cores = f", {s.get('cores_busy')}/{s.get('cores')} cores busy" if s.get("cores") else ""
+        out.append(f"  {vm}: {s.get('state', '?')}" + (f", started {s.get('current')}/{s.get('models')}{cores}, "
+                                                       f"running {', '.join(running)}" if running else "")
                    + f"  (updated {s.get('updated', '?')})")
         if s.get("state") == "preempted":
             left = unfinished(s)

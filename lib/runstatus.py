@@ -6,6 +6,8 @@ The writer is vm-scripts/run_analysis.sh (`status_text`); the readers are the ru
 
     format=1  run_id=  vm=  state=booting|running|done|error|preempted|upload_failed|retrying_upload
     models=N  current=i  current_model=NAME  current_timeout_s=  started=  updated=  last_upload=EPOCH
+    cores=N  cores_busy=N  running=NAME,NAME   (a packed VM runs several models at once: every one is here;
+                                               current=i counts the models started, current_model is one of them)
     stranded=NAME,NAME   (results whose upload failed; their zips wait on the VM's disk under WORK)
     work=/opt/ops-hpc/work/RUN_ID   (where a stranded result waits)
     model.NAME=pending|running|uploading|ok|failed|timeout|interrupted|upload_failed [SECONDS]
@@ -50,6 +52,15 @@ def stranded(status: dict[str, Any]) -> list[str]:
     named = [m for m in (status.get("stranded") or "").split(",") if m]
     per_model = [m for m, i in status.get("per_model", {}).items() if i["state"] == "upload_failed"]
     return sorted(set(named) | set(per_model))
+
+
+def running_models(status: dict[str, Any]) -> list[str]:
+    """Every model a VM runs now (a packed VM runs several; older VMs name one current_model)."""
+    named = [m for m in (status.get("running") or "").split(",") if m]
+    per_model = [m for m, i in status.get("per_model", {}).items() if i["state"] == "running"]
+    out = list(dict.fromkeys(named + per_model))
+    cur = status.get("current_model")
+    return out or ([cur] if cur and status.get("state") == "running" else [])
 
 
 def unfinished(status: dict[str, Any]) -> list[str]:

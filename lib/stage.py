@@ -104,16 +104,20 @@ class StagedModel:
     crc32c: str = ""
     size: int = 0
     files: int = 0
+    mem_gb: float = 0.0
+    retries: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "main": self.main, "cores": self.cores, "timeout_min": self.timeout_min,
-                "zip": self.zip, "crc32c": self.crc32c, "size": self.size, "files": self.files}
+                "zip": self.zip, "crc32c": self.crc32c, "size": self.size, "files": self.files,
+                "mem_gb": self.mem_gb, "retries": self.retries}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StagedModel:
         return cls(name=str(data["name"]), main=str(data.get("main", "main.tcl")), cores=int(data.get("cores", 1)),
                    timeout_min=int(data["timeout_min"]), zip=str(data.get("zip", "")),
-                   crc32c=str(data.get("crc32c", "")), size=int(data.get("size", 0)), files=int(data.get("files", 0)))
+                   crc32c=str(data.get("crc32c", "")), size=int(data.get("size", 0)), files=int(data.get("files", 0)),
+                   mem_gb=float(data.get("mem_gb") or 0), retries=int(data.get("retries") or 0))
 
 
 @dataclass
@@ -143,8 +147,11 @@ def _upload(cfg: Config, path: Path, name: str, content_type: str, staged: Stage
     return crc
 
 
-def stage(cfg: Config, batch: Batch, *, run_id: str | None = None, on_log: Log = quiet) -> Staged:
-    """Zip and upload every model of `batch` (and the VM scripts) under _uploads/RUN_ID/; batch.json last."""
+def stage(cfg: Config, batch: Batch, *, run_id: str | None = None, retries: int = 0, on_log: Log = quiet) -> Staged:
+    """Zip and upload every model of `batch` (and the VM scripts) under _uploads/RUN_ID/; batch.json last.
+
+    retries: for the models whose line sets no retries=.
+    """
     run_id = check_run_id(run_id or new_run_id())
     storage.ensure_bucket(cfg, on_log)
     staged = Staged(run_id=run_id, bucket=cfg.bucket_name, description={})
@@ -159,12 +166,13 @@ def stage(cfg: Config, batch: Batch, *, run_id: str | None = None, on_log: Log =
             size = zpath.stat().st_size
             on_log(f"staged {model.name}: {count} file(s), {size} bytes -> gs://{cfg.bucket_name}/{name}")
             models.append(StagedModel(model.name, model.main, model.cores, model.timeout_min, name, crc, size,
-                                      count).to_json())
+                                      count, model.mem_gb, retries if model.retries is None else model.retries
+                                      ).to_json())
         for script in paths.STAGED_SCRIPTS:
             kind = "text/x-python" if script.endswith(".py") else "text/x-shellscript"
             _upload(cfg, paths.vm_script(script), f"{base}vm-scripts/{script}", kind, staged)
     description = {"format": 1, "run_id": run_id, "batch": batch.path.name, "models": models,
-                   "vm_scripts": [f"{base}vm-scripts/{s}" for s in paths.STAGED_SCRIPTS]}
+                   "vm_scripts": [f"{base}vm-scripts/{s}" for s in paths.STAGED_SCRIPTS], "cores": batch.cores}
     old = load_description(cfg, run_id)
     if old is not None and {k: v for k, v in old.items() if k != "created"} == description:
         staged.unchanged.append(f"{base}batch.json")

@@ -205,11 +205,13 @@ def plan_vm(
     machine_type: str | None = None,
     reports_status: bool = False,
     now: float | None = None,
+    max_run_s: int | None = None,
 ) -> VmSpec:
     """Decide and validate a VM (machine type, image, CPU quota) without creating anything.
 
     reports_status: the VM publishes `_status/RUN/VM.txt` once up (run-staged's startup script); if it never
     does and no live process guards it, status and the sweeper delete it (lib/reconcile.py).
+    max_run_s: a tighter max run duration than the serial sum of the timeouts (a packed VM: lib/packing.py).
     """
     cfg = clients.resolve(cfg)
     if kind not in KINDS:
@@ -219,9 +221,10 @@ def plan_vm(
     spot = cfg.spot if spot is None else spot
     machine_type = machine_type or (cfg.build_machine_type if kind == "build" else cfg.machine_type)
     timeouts = tuple(int(t) for t in job_timeouts_min)
-    max_run_s = max_run_seconds(timeouts, cfg.upload_timeout_min, kind=kind)
+    serial = max_run_seconds(timeouts, cfg.upload_timeout_min, kind=kind)
+    max_run_s = serial if max_run_s is None else min(int(max_run_s), serial)
     now = time.time() if now is None else now
-    expected_end = int(now + expected_seconds(timeouts, cfg.upload_timeout_min, kind=kind))
+    expected_end = int(now + min(expected_seconds(timeouts, cfg.upload_timeout_min, kind=kind), max_run_s))
 
     mt = machine_type_info(cfg, machine_type)
     img = resolve_image(cfg, kind, image)

@@ -130,7 +130,8 @@ def test_vm_python_helpers_run_on_python_3_6(tmp_path):
     assert run("names", "page.json").split() == ["P/a.out", "P/MANIFEST.json"]
     assert run("urlencode", "a b/c").strip() == "a%20b%2Fc"
     _batch_json(tmp_path / "batch.json")
-    assert run("models", "batch.json", "30", "b").splitlines() == ["b\tmain.tcl\t2\t4.000\tz/b.zip\tcrc-b"]
+    assert run("models", "batch.json", "30", "b").splitlines() == ["b\tmain.tcl\t2\t4.000\tz/b.zip\tcrc-b\t0\t0"]
+    assert run("pick", "3", "", "b:2:0", "a:1:0", "c:1:0").split() == ["b", "a"]
 
 
 def _helpers():
@@ -145,17 +146,19 @@ def _helpers():
 
 def _batch_json(path: Path) -> None:
     path.write_text(json.dumps({"models": [
-        {"name": "a", "main": "main.tcl", "cores": 1, "timeout_min": 1, "zip": "z/a.zip", "crc32c": "crc-a"},
+        {"name": "a", "main": "main.tcl", "cores": 1, "timeout_min": 1, "zip": "z/a.zip", "crc32c": "crc-a",
+         "mem_gb": 1.5, "retries": 2},
         {"name": "b", "main": "main.tcl", "cores": 2, "timeout_min": 2, "zip": "z/b.zip", "crc32c": "crc-b"}]}))
 
 
 def test_models_lists_the_shard_with_scaled_timeouts(tmp_path):
     h = _helpers()
     _batch_json(tmp_path / "batch.json")
+    # pack order: b (2 cores x 2 min) before a (1 x 1); then mem MB and retries
     assert h.models(str(tmp_path / "batch.json"), "1", "") == [
-        "a\tmain.tcl\t1\t60.000\tz/a.zip\tcrc-a", "b\tmain.tcl\t2\t120.000\tz/b.zip\tcrc-b"]
-    assert h.models(str(tmp_path / "batch.json"), "60", "b,x") == ["b\tmain.tcl\t2\t2.000\tz/b.zip\tcrc-b"]
-    assert h.models(str(tmp_path / "batch.json"), "0", "a") == ["a\tmain.tcl\t1\t60.000\tz/a.zip\tcrc-a"]
+        "b\tmain.tcl\t2\t120.000\tz/b.zip\tcrc-b\t0\t0", "a\tmain.tcl\t1\t60.000\tz/a.zip\tcrc-a\t1536\t2"]
+    assert h.models(str(tmp_path / "batch.json"), "60", "b,x") == ["b\tmain.tcl\t2\t2.000\tz/b.zip\tcrc-b\t0\t0"]
+    assert h.models(str(tmp_path / "batch.json"), "0", "a") == ["a\tmain.tcl\t1\t60.000\tz/a.zip\tcrc-a\t1536\t2"]
 
 
 def test_field_and_crc32c_fallback_agree_with_gcs(tmp_path):

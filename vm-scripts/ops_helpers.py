@@ -13,8 +13,10 @@ lib.sh) and is copied with the ssh tools, so a VM always runs the helpers its sc
     field NAME < JSON                one top-level field of a JSON object ("" when absent)
     urlencode TEXT                   TEXT percent-encoded for a URL path segment or query value
     names PAGE                       the object names of one listing page, one per line
-    models BATCH_JSON SCALE SUBSET   name, main, cores, scaled timeout s, zip, crc32c (tab separated) of
-                                     every model of the batch, or only those named in SUBSET
+    models BATCH_JSON SCALE SUBSET   name, main, cores, scaled timeout s, zip, crc32c, mem MB, retries (tab
+                                     separated) of every model of the batch, or only those named in SUBSET,
+                                     in pack order (largest cores x timeout first, then batch order)
+    pick FREE_CORES FREE_MB NAME:CORES:MB...   the queued models to start now (FREE_MB "" = no memory limit)
 """
 
 import base64
@@ -85,7 +87,7 @@ def result(root, snap, dest, pairs):
     meta = {"format": 1}
     for kv in pairs:
         k, v = kv.split("=", 1)
-        meta[k] = int(v) if k == "exit_code" else float(v) if k == "seconds" else v
+        meta[k] = int(v) if k in ("exit_code", "attempts") else float(v) if k == "seconds" else v
     listed = []
     for path, (size, mtime) in sorted(files(root).items()):
         if path == "MANIFEST.json" or inputs.get(path) == [size, mtime]:
@@ -124,13 +126,34 @@ def models(batch_json, scale, subset):
         batch = json.load(fh)
     factor = float(scale or 1) or 1.0
     wanted = subset.replace(",", " ").split()
+    chosen = [m for m in batch["models"] if not wanted or m["name"] in wanted]
     lines = []
-    for m in batch["models"]:
-        if wanted and m["name"] not in wanted:
-            continue
+    for m in pack_order(chosen):
         lines.append("\t".join([m["name"], m["main"], str(m["cores"]), "%.3f" % (m["timeout_min"] * 60.0 / factor),
-                                m["zip"], m["crc32c"]]))
+                                m["zip"], m["crc32c"], str(int(round(float(m.get("mem_gb") or 0) * 1024))),
+                                str(int(m.get("retries") or 0))]))
     return lines
+
+
+def pack_order(models):
+    """The queue order: largest cores x timeout first, ties in batch order (lib/packing.pack_order)."""
+    return [m for _, m in sorted(enumerate(models), key=lambda im: (-im[1]["cores"] * im[1]["timeout_min"], im[0]))]
+
+
+def pick(pending, free_cores, free_mem_mb):
+    """THE scheduling rule: scan (name, cores, mem_mb) in queue order and start every one that fits what is free.
+
+    A model that does not fit does not block smaller ones behind it; that is what makes the makespan
+    bound of lib/packing.makespan_bound hold. free_mem_mb None: no memory limit.
+    """
+    chosen = []
+    for name, cores, mem in pending:
+        if cores <= free_cores and (free_mem_mb is None or mem <= free_mem_mb):
+            chosen.append(name)
+            free_cores -= cores
+            if free_mem_mb is not None:
+                free_mem_mb -= mem
+    return chosen
 
 
 def main(argv):
@@ -156,6 +179,10 @@ def main(argv):
     elif cmd == "models":
         for line in models(args[0], args[1], args[2] if len(args) > 2 else ""):
             print(line)
+    elif cmd == "pick":
+        pending = [(n, int(c), int(mb)) for n, c, mb in (a.rsplit(":", 2) for a in args[2:])]
+        for name in pick(pending, int(args[0]), int(args[1]) if args[1] else None):
+            print(name)
     else:
         sys.exit("unknown helper command " + cmd)
 

@@ -11,6 +11,14 @@
 #   ops-hpc-log-interval             seconds between log uploads while a model runs (default 5)
 #   ops-hpc-max-run-end              epoch seconds when Google deletes this VM (its max run duration): a
 #                                    result whose upload keeps failing is retried until shortly before it
+#   ops-hpc-cores, ops-hpc-mem-mb    the usable cores (default: nproc) and memory (default: no limit) that
+#                                    models are packed into (lib/packing.py decides them on the PC)
+#
+# Packing: models run concurrently while the sum of their cores (and mem=) fits; the queue is in pack
+# order and ops_helpers.py `pick` (the one scheduling rule) says which to start whenever cores free up.
+# Each model runs in its own background subshell (run_model) and reports its phase through files under
+# WORK/phase/, which this shell alone turns into the status file. A model frees its cores when its last
+# attempt ends (zip and upload do not hold them); retries=N re-runs a failed (not timed-out) model.
 #
 # Bucket layout (see README, "run-staged"):
 #   in:   _uploads/RUN_ID/batch.json, _uploads/RUN_ID/MODEL.zip
@@ -40,6 +48,12 @@ MAX_END=$(ops_md_attr ops-hpc-max-run-end "")
 WORK="$(ops_path /opt/ops-hpc/work)/${RUN_ID}"
 RUNLOG="${WORK}/_vm-${VM}.log"
 STARTED=$(ops_now)
+CORES=$(ops_md_attr ops-hpc-cores "")
+[ -n "$CORES" ] || CORES=$(nproc 2> /dev/null || echo 1)
+MEM_MB=$(ops_md_attr ops-hpc-mem-mb "")
+POLL=$(ops_md_attr ops-hpc-poll 0.5)
+FREE_CORES=$CORES
+FREE_MEM=${MEM_MB:-0}
 LAST_UPLOAD=""
 STATE="booting"
 ERROR=""
@@ -49,6 +63,7 @@ MODEL_TIMEOUT=""
 FINISHED=""
 declare -a NAMES=() STRANDED=()
 declare -A MSTATE=() MSECS=() RESULT=()  # RESULT: the model's own outcome (ok/failed/timeout) once zipped
+declare -A PID=() HOLD=() SPEC=()  # running model -> its subshell; -> "cores mem" it holds; -> its tsv fields
 
 mkdir -p "$WORK"
 exec > >(tee -a "$RUNLOG") 2>&1
@@ -59,6 +74,8 @@ status_text() {
   printf 'format=1\nrun_id=%s\nvm=%s\nstate=%s\nmodels=%s\ncurrent=%s\ncurrent_model=%s\n' \
     "$RUN_ID" "$VM" "$STATE" "${#NAMES[@]}" "$CURRENT" "$CURRENT_MODEL"
   printf 'current_timeout_s=%s\nstarted=%s\nupdated=%s\nlast_upload=%s\n' "$MODEL_TIMEOUT" "$STARTED" "$(ops_now)" "$LAST_UPLOAD"
+  printf 'cores=%s\ncores_busy=%s\nrunning=%s\n' "$CORES" "$((CORES - FREE_CORES))" \
+    "$(for name in "${NAMES[@]}"; do [ "${MSTATE[$name]}" = running ] && printf '%s,' "$name"; done | sed 's/,$//')"
   printf 'stranded=%s\nwork=%s\nerror=%s\n' "$stranded" "/opt/ops-hpc/work/${RUN_ID}" "$ERROR"
   for name in "${NAMES[@]}"; do
     printf 'model.%s=%s%s\n' "$name" "${MSTATE[$name]}" "${MSECS[$name]:+ ${MSECS[$name]}}"
@@ -104,7 +121,8 @@ on_term() {
   exec >> "$RUNLOG" 2>&1
   FINISHED=1
   STATE="preempted"
-  [ -n "$CURRENT_MODEL" ] && MSTATE[$CURRENT_MODEL]="interrupted"
+  sync_phases
+  for name in "${!PID[@]}"; do MSTATE[$name]="interrupted"; done
   ops_log "SIGTERM: the VM is being stopped (preempted?)"
   publish_status
   upload_runlog
@@ -130,65 +148,141 @@ on_exit() {
 }
 trap on_exit EXIT
 
-run_model() {
-  # run_model NAME MAIN CORES TIMEOUT_S ZIP CRC: download and check the input, run OpenSees under its
-  # timeout, zip what it produced with a manifest and upload it (or leave it stranded on this disk).
+set_phase() {
+  # set_phase NAME TEXT: what a model's subshell tells the main shell (atomically: it polls the file)
+  printf '%s\n' "$2" > "$WORK/phase/$1.tmp" && mv -f "$WORK/phase/$1.tmp" "$WORK/phase/$1"
+}
+
+run_once() {
+  # run_once NAME MAIN CORES TIMEOUT_S ZIP CRC: download and check the input, run OpenSees under its timeout.
+  # Sets state, rc, t0, started (run_model's locals).
   local name="$1" main="$2" cores="$3" secs="$4" zip="$5" crc="$6"
-  local dir="$WORK/models/$1" log state="failed" rc=1 t0 t1 started got="" pid streamer seconds nfiles nbytes
+  local dir="$WORK/models/$1" log got="" pid streamer
   log="$dir/opensees.log"
-  MSTATE[$name]="running"
-  publish_status
+  state="failed"
+  rc=1
   rm -rf "$dir"
   mkdir -p "$dir"
-  ops_log "model ${CURRENT}/${#NAMES[@]} ${name}: downloading"
   t0=$(ops_epoch)
   started=$(ops_now)
   if ops_gcs_download "$zip" "$WORK/$name.in.zip"; then got=$(ops_crc32c "$WORK/$name.in.zip"); fi
   if [ "$got" != "$crc" ]; then
     echo "ops-hpc: staged input $zip missing or damaged (crc32c ${got:-none}, expected $crc)" > "$log"
     ops_pyhelp snapshot "$dir" "$WORK/$name.inputs"
-  else
-    ops_python -m zipfile -e "$WORK/$name.in.zip" "$dir/"
-    rm -f "$WORK/$name.in.zip"
-    ops_pyhelp snapshot "$dir" "$WORK/$name.inputs"
-    ops_log "model ${name}: openseesmp ${cores} ${main} (timeout ${secs} s)"
-    t0=$(ops_epoch)
-    started=$(ops_now)
-    (cd "$dir" && exec timeout -k 10 "$secs" openseesmp "$cores" "$main") > "$log" 2>&1 < /dev/null &
-    pid=$!
-    (while sleep "$LOG_EVERY"; do ops_gcs_upload "$log" "_logs/${RUN_ID}/${name}.log" text/plain > /dev/null; done) &
-    streamer=$!
-    wait "$pid"
-    rc=$?
-    kill "$streamer" 2> /dev/null
-    wait "$streamer" 2> /dev/null
-    case "$rc" in
-      0) state="ok" ;;
-      124) state="timeout" ;;
-      137) state="failed"
-           # killed: by timeout's -k after the model ignored SIGTERM, or by something else (OOM)
-           [ "$(ops_calc "($(ops_epoch) - $t0) >= $secs")" != "0.000" ] && state="timeout" ;;
-      *) state="failed" ;;
-    esac
-    [ "$state" = "timeout" ] && echo "ops-hpc: stopped after the model's timeout of ${secs} s" >> "$log"
+    return
   fi
-  t1=$(ops_epoch)
-  seconds=$(ops_calc "$t1 - $t0")
-  MSTATE[$name]="uploading"
-  MSECS[$name]="$seconds"
-  ops_gcs_upload "$log" "_logs/${RUN_ID}/${name}.log" text/plain > /dev/null || true
+  ops_python -m zipfile -e "$WORK/$name.in.zip" "$dir/"
+  rm -f "$WORK/$name.in.zip"
+  ops_pyhelp snapshot "$dir" "$WORK/$name.inputs"
+  ops_log "model ${name}: openseesmp ${cores} ${main} (timeout ${secs} s)"
+  t0=$(ops_epoch)
+  started=$(ops_now)
+  (cd "$dir" && exec timeout -k 10 "$secs" openseesmp "$cores" "$main") > "$log" 2>&1 < /dev/null &
+  pid=$!
+  (while sleep "$LOG_EVERY"; do ops_gcs_upload "$log" "_logs/${RUN_ID}/${name}.log" text/plain > /dev/null; done) &
+  streamer=$!
+  wait "$pid"
+  rc=$?
+  kill "$streamer" 2> /dev/null
+  wait "$streamer" 2> /dev/null
+  case "$rc" in
+    0) state="ok" ;;
+    124) state="timeout" ;;
+    137) state="failed"
+         # killed: by timeout's -k after the model ignored SIGTERM, or by something else (OOM)
+         [ "$(ops_calc "($(ops_epoch) - $t0) >= $secs")" != "0.000" ] && state="timeout" ;;
+    *) state="failed" ;;
+  esac
+  [ "$state" = "timeout" ] && echo "ops-hpc: stopped after the model's timeout of ${secs} s" >> "$log"
+}
+
+run_model() {
+  # run_model NAME MAIN CORES TIMEOUT_S ZIP CRC RETRIES (in a background subshell): run it (again, up to
+  # RETRIES times while it fails, not when it times out), zip what it produced with a manifest and upload
+  # it (or leave it stranded on this disk). Ends by writing WORK/phase/NAME.done: STATE SECONDS UPLOADED.
+  local name="$1" retries="${7:-0}" dir="$WORK/models/$1" state rc t0 started seconds nfiles nbytes attempt=1
+  set_phase "$name" running
+  while :; do
+    run_once "$@"
+    [ "$state" = "failed" ] && [ "$attempt" -le "$retries" ] || break
+    ops_log "model ${name}: failed (exit ${rc}) on attempt ${attempt}: running it again (retries=${retries})"
+    attempt=$((attempt + 1))
+  done
+  seconds=$(ops_calc "$(ops_epoch) - $t0")
+  set_phase "$name" "uploading $seconds"  # its cores are free from here
+  ops_gcs_upload "$dir/opensees.log" "_logs/${RUN_ID}/${name}.log" text/plain > /dev/null || true
   read -r nfiles nbytes < <(ops_pyhelp result "$dir" "$WORK/$name.inputs" "$WORK/$name.zip" \
     "run_id=${RUN_ID}" "model=${name}" "state=${state}" "exit_code=${rc}" "started=${started}" \
-    "finished=$(ops_now)" "seconds=${seconds}" "vm=${VM}")
+    "finished=$(ops_now)" "seconds=${seconds}" "vm=${VM}" "attempts=${attempt}")
   rm -rf "$dir" "$WORK/$name.inputs"
-  ops_log "model ${name}: ${state} (exit ${rc}, ${seconds} s), ${nfiles:-?} file(s), ${nbytes:-?} bytes: uploading"
-  MSTATE[$name]="$state"
-  RESULT[$name]="$state"
-  upload_result "$name" || {
-    MSTATE[$name]="upload_failed"
-    STRANDED+=("$name")
+  ops_log "model ${name}: ${state} (exit ${rc}, ${seconds} s, attempt ${attempt}), ${nfiles:-?} file(s), ${nbytes:-?} bytes: uploading"
+  if upload_result "$name"; then
+    printf '%s %s 1 %s\n' "$state" "$seconds" "$LAST_UPLOAD" > "$WORK/phase/$name.done"
+  else
     ops_log "model ${name}: result upload FAILED; it stays at ${WORK}/${name}.zip"
-  }
+    printf '%s %s 0\n' "$state" "$seconds" > "$WORK/phase/$name.done"
+  fi
+}
+
+sync_phases() {
+  # Read what the running models' subshells reported: free the cores of those past their run, record the
+  # outcome of those that ended. Sets CHANGED when anything moved (the status is then published).
+  local name phase secs st up last c m
+  for name in "${!PID[@]}"; do
+    if [ -f "$WORK/phase/$name.done" ]; then
+      wait "${PID[$name]}" 2> /dev/null
+      read -r st secs up last < "$WORK/phase/$name.done"
+      RESULT[$name]="$st"
+      MSECS[$name]="$secs"
+      if [ "$up" = 1 ]; then
+        MSTATE[$name]="$st"
+        [ -n "$last" ] && LAST_UPLOAD="$last"
+      else
+        MSTATE[$name]="upload_failed"
+        STRANDED+=("$name")
+      fi
+      unset "PID[$name]"
+    elif ! kill -0 "${PID[$name]}" 2> /dev/null; then
+      wait "${PID[$name]}" 2> /dev/null
+      ops_log "model ${name}: its subshell ended without a result"
+      MSTATE[$name]="failed"
+      RESULT[$name]="failed"
+      unset "PID[$name]"
+    else
+      read -r phase secs < "$WORK/phase/$name" 2> /dev/null || continue
+      [ "$phase" = "${MSTATE[$name]}" ] && continue
+      MSTATE[$name]="$phase"
+      [ -n "$secs" ] && MSECS[$name]="$secs"
+    fi
+    CHANGED=1
+    if [ -n "${HOLD[$name]:-}" ] && [ "${MSTATE[$name]}" != running ]; then
+      read -r c m <<< "${HOLD[$name]}"
+      FREE_CORES=$((FREE_CORES + c))
+      [ -n "$MEM_MB" ] && FREE_MEM=$((FREE_MEM + m))
+      unset "HOLD[$name]"
+      FREED=1
+    fi
+  done
+  if [ -n "$CURRENT_MODEL" ] && [ "${MSTATE[$CURRENT_MODEL]}" != running ]; then
+    CURRENT_MODEL=""  # the status's current_model: one of the running models (all of them are in running=)
+    for name in "${NAMES[@]}"; do [ "${MSTATE[$name]}" = running ] && { CURRENT_MODEL="$name"; break; }; done
+  fi
+}
+
+start_model() {
+  # start_model NAME: take its cores (and memory) and run it in the background
+  local name="$1" main cores secs zip crc mem retries
+  IFS=$'\t' read -r main cores secs zip crc mem retries <<< "${SPEC[$name]}"
+  CURRENT=$((CURRENT + 1))
+  CURRENT_MODEL="$name"
+  MODEL_TIMEOUT="$secs"
+  FREE_CORES=$((FREE_CORES - cores))
+  [ -n "$MEM_MB" ] && FREE_MEM=$((FREE_MEM - mem))
+  HOLD[$name]="$cores $mem"
+  MSTATE[$name]="running"
+  ops_log "model ${CURRENT}/${#NAMES[@]} ${name}: starting on ${cores} core(s) (${FREE_CORES} of ${CORES} free)"
+  run_model "$name" "$main" "$cores" "$secs" "$zip" "$crc" "$retries" &
+  PID[$name]=$!
 }
 
 upload_result() {
@@ -239,21 +333,44 @@ if ! ops_gcs_download "_uploads/${RUN_ID}/batch.json" "$WORK/batch.json"; then
   ops_log "$ERROR"
   finish error
 fi
-# name <TAB> main <TAB> cores <TAB> timeout seconds (scaled) <TAB> zip object <TAB> crc32c
+# name <TAB> main <TAB> cores <TAB> timeout seconds (scaled) <TAB> zip object <TAB> crc32c <TAB> mem MB <TAB> retries
 ops_pyhelp models "$WORK/batch.json" "$SCALE" "$SUBSET" > "$WORK/models.tsv"
-while IFS=$'\t' read -r name _; do
+while IFS=$'\t' read -r name rest; do
   NAMES+=("$name")
   MSTATE[$name]="pending"
+  SPEC[$name]="$rest"
 done < "$WORK/models.tsv"
+mkdir -p "$WORK/phase"
 [ "${#NAMES[@]}" -gt 0 ] || { ERROR="no models to run (subset: ${SUBSET:-all})"; ops_log "$ERROR"; finish error; }
 STATE="running"
 
-while IFS=$'\t' read -r -u 3 name main cores secs zip crc; do
-  CURRENT=$((CURRENT + 1))
-  CURRENT_MODEL="$name"
-  MODEL_TIMEOUT="$secs"
-  run_model "$name" "$main" "$cores" "$secs" "$zip" "$crc"
-done 3< "$WORK/models.tsv"
+declare -a QUEUE=("${NAMES[@]}")  # pack order: ops_helpers.py models sorted them
+FREED=1
+while :; do
+  CHANGED=""
+  sync_phases
+  if [ "${#QUEUE[@]}" -gt 0 ] && [ -n "$FREED" ]; then
+    FREED=""
+    specs=()
+    for name in "${QUEUE[@]}"; do
+      IFS=$'\t' read -r _ cores _ _ _ mem _ <<< "${SPEC[$name]}"
+      specs+=("${name}:${cores}:${mem}")
+    done
+    mapfile -t picks < <(ops_pyhelp pick "$FREE_CORES" "${MEM_MB:+$FREE_MEM}" "${specs[@]}")
+    if [ "${#picks[@]}" -eq 0 ] && [ "${#PID[@]}" -eq 0 ]; then
+      picks=("${QUEUE[0]}")  # bigger than this VM (the PC refuses such batches): run it alone
+      ops_log "model ${QUEUE[0]} needs more than this VM's ${CORES} core(s) ${MEM_MB:+/ ${MEM_MB} MB}: running it alone"
+    fi
+    for name in "${picks[@]}"; do start_model "$name"; done
+    left=()
+    for name in "${QUEUE[@]}"; do [ "${MSTATE[$name]}" = pending ] && left+=("$name"); done
+    QUEUE=("${left[@]}")
+    [ "${#picks[@]}" -gt 0 ] && CHANGED=1
+  fi
+  [ -n "$CHANGED" ] && publish_status
+  [ "${#QUEUE[@]}" -eq 0 ] && [ "${#PID[@]}" -eq 0 ] && break
+  sleep "$POLL"
+done
 
 CURRENT_MODEL=""
 if ! retry_stranded; then finish upload_failed; fi

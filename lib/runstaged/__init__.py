@@ -5,7 +5,8 @@
     preempted spot VM's unfinished models) -> summary (summary.py)
 
 Without wait the PC may be switched off once the launch returns: results stay in the bucket until
-`bin/pull` collects them. Fan-out (`vms` > 1) shards the models by timeout (lib/batches.shard_by_timeout);
+`bin/pull` collects them. Each VM packs its models onto its usable cores (lib/packing.py); fan-out
+(`vms` > 1) shards the models so that the VMs' predicted makespans are balanced (packing.shards);
 each VM gets its shard in the `ops-hpc-models` metadata. `rerun=RUN_ID` launches again only the models
 of an earlier run that have no result (a preempted run launched without wait). The status files the
 VMs write are described in lib/runstatus.py.
@@ -18,13 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib import clients, naming, stage, storage
-from lib.batches import parse_batch, shard_by_timeout
+from lib import clients, naming, packing, stage, storage
+from lib.batches import parse_batch
 from lib.config import Config
 from lib.errors import Refused, UsageError
 from lib.log import Log, quiet
 from lib.runstaged.follow import Followed, follow, upload_to_delete_s
-from lib.runstaged.launch import VmRun, launch, plan_vms
+from lib.runstaged.launch import VmRun, launch, plan_vms, vm_capacity
 from lib.runstaged.summary import format_table, summarize
 from lib.runstatus import FINAL, read_statuses
 from lib.stage import StagedModel
@@ -77,11 +78,12 @@ def run_staged(cfg: Config, batch_path: str | Path | None, *, wait: bool = False
                spot: bool | None = None, results_dir: Path | None = None, image: str | None = None,
                machine_type: str | None = None, run_id: str | None = None, rerun: str | None = None,
                spot_retries: int = 2, on_demand_fallback: bool = True, boot_timeout: float | None = None,
-               tail: bool = True, on_log: Log = quiet) -> RunStagedResult:
+               tail: bool = True, retries: int = 0, on_log: Log = quiet) -> RunStagedResult:
     """check + plan -> stage -> launch (guarded until up) -> optional follow + pull + summary.
 
     Everything that can be refused is refused before anything is uploaded; if staging or the launch
     fails or is interrupted, the run's staged inputs are removed again (the guards delete its VMs).
+    retries: re-runs of a failed model on its VM, for the lines that set no retries=.
     """
     from lib import build
 
@@ -96,26 +98,31 @@ def run_staged(cfg: Config, batch_path: str | Path | None, *, wait: bool = False
         if not models:
             raise Refused(f"run {run_id}: every model has a result already; nothing to rerun")
         batch = None
+        header_cores = (stage.load_description(cfg, run_id) or {}).get("cores")
     else:
         if batch_path is None:
             raise UsageError("run-staged needs a batch file (or a run to rerun)")
         batch = parse_batch(batch_path)  # every bad line is reported before anything is uploaded or created
         run_id = stage.check_run_id(run_id or stage.new_run_id())
-        models = [StagedModel(m.name, m.main, m.cores, m.timeout_min) for m in batch.models]
+        models = [StagedModel(m.name, m.main, m.cores, m.timeout_min, mem_gb=m.mem_gb,
+                              retries=retries if m.retries is None else m.retries) for m in batch.models]
+        header_cores = batch.cores
     if cfg.local and image is None:
         image = build.ensure_image(cfg, on_log=on_log)
-    shards = shard_by_timeout(models, vms)
+    cores, mem_mb = vm_capacity(cfg, machine_type, header_cores)
+    packing.check_fits(models, cores, mem_mb, where=f"machine type {machine_type or cfg.machine_type}")
+    shards = packing.shards(models, vms, cores, mem_total_mb=mem_mb)
     total = len(models) if batch is not None else len((stage.load_description(cfg, run_id) or {"models": models})["models"])
     names = None
     if rerun:
         suffix = time.strftime("%H%M%S")
         names = [naming.vm_name(run_id, rerun=suffix, shard=i + 1) for i in range(len(shards))]
     specs = plan_vms(cfg, run_id, shards, total=total, spot=spot, image=image, machine_type=machine_type,
-                     names=names)  # machine type, image, max run duration, quota: refused before any upload
+                     names=names, cores=header_cores)  # machine type, image, max run duration, quota: refused before any upload
     launched = False
     try:
         if batch is not None:
-            staged = stage.stage(cfg, batch, run_id=run_id, on_log=on_log)
+            staged = stage.stage(cfg, batch, run_id=run_id, retries=retries, on_log=on_log)
             on_log(f"run {run_id}: {len(staged.models)} model(s) staged in gs://{cfg.bucket_name}/_uploads/{run_id}/")
             by_name = {m.name: m for m in staged.models}
             shards = [[by_name[m.name] for m in shard] for shard in shards]

@@ -29,7 +29,7 @@ from lib.config import Config
 from lib.log import Log, quiet
 from lib.naming import vm_name
 from lib.runstaged.launch import VmRun, launch
-from lib.runstatus import FINAL, VM_DONE, read_statuses, stranded
+from lib.runstatus import FINAL, VM_DONE, read_statuses, running_models, stranded
 from lib.stage import StagedModel
 
 if TYPE_CHECKING:
@@ -252,9 +252,9 @@ class Follower:
         if self.tail and time.monotonic() - self._last_tail > self.log_every:
             self._last_tail = time.monotonic()
             for vm in f.vms:
-                cur = vm.status.get("current_model")
-                if cur and vm.state == "running" and not vm.gone:
-                    _tail(self.cfg, f.run_id, cur, self._log_lines, log)
+                if vm.state == "running" and not vm.gone:
+                    for cur in running_models(vm.status):
+                        _tail(self.cfg, f.run_id, cur, self._log_lines, log)
         for name in acts.done_seen:
             f.done_seen[name] = obs.now
         for name in acts.rescue:
@@ -282,7 +282,7 @@ class Follower:
             log(f"relaunching {', '.join(r.models)} on {'spot' if r.spot else 'on-demand'} VM {name}")
             new = launch(self.cfg, f.run_id, [[self.models[m] for m in r.models]], total=len(f.expected),
                          spot=r.spot, image=self.image, machine_type=r.machine_type, names=[name], on_log=log,
-                         state=self.state)[0]
+                         state=self.state, cores=self._vm(r.after).cores or None)[0]
             new.attempt = r.attempt
             f.vms.append(new)
             f.relaunches += 1
@@ -331,12 +331,12 @@ class Follower:
         return next(v for v in self.followed.vms if v.name == name)
 
     def _show(self, vm: VmRun) -> None:
-        line = f"{vm.state} {vm.status.get('current')}/{vm.status.get('models')} {vm.status.get('current_model')}"
+        running = running_models(vm.status)
+        line = f"{vm.state} {vm.status.get('current')}/{vm.status.get('models')} {running}"
         if vm.status and self._shown.get(vm.name) != line:
             self._shown[vm.name] = line
-            cur = vm.status.get("current_model")
-            self.on_log(f"{vm.name}: {vm.state}" + (f", model {vm.status.get('current')}/{vm.status.get('models')} "
-                                                    f"{cur}" if cur else ""))
+            self.on_log(f"{vm.name}: {vm.state}" + (f", started {vm.status.get('current')}/{vm.status.get('models')}"
+                                                    f", running {', '.join(running)}" if running else ""))
         for model, info in vm.status.get("per_model", {}).items():
             key = f"{vm.name}/{model}"
             if info["state"] == "running" and key not in self._started:

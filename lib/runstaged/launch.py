@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lib import clients, compute, paths, retry, storage
+from lib import clients, compute, packing, paths, retry, storage, vmplan
 from lib.config import Config
 from lib.errors import OpsError
 from lib.log import Log, quiet
@@ -48,15 +48,19 @@ class VmRun:
     gone_at: float | None = None
     how: str = ""  # delete (itself or someone) | compute.instances.preempted | ...maxRunDurationExceeded | unknown
     hourly: float | None = None
+    cores: int = 0  # the usable cores it packs models into (a relaunch keeps them)
 
     @property
     def state(self) -> str:
         return self.status.get("state", "launching")
 
 
-def _metadata(cfg: Config, run_id: str, models: Sequence[str], total: int, max_run_end: float) -> dict[str, str]:
-    """What run_analysis.sh reads: run, bucket, its shard, the clock scale, and when Google will delete it."""
-    meta = {"ops-hpc-run-id": run_id, "ops-hpc-bucket": cfg.bucket_name, "ops-hpc-max-run-end": f"{max_run_end:.0f}"}
+def _metadata(cfg: Config, run_id: str, models: Sequence[str], total: int, max_run_end: float,
+              capacity: tuple[int, int]) -> dict[str, str]:
+    """What run_analysis.sh reads: run, bucket, its shard, the clock scale, when Google will delete it, and
+    the cores and memory (MB) it packs models into."""
+    meta = {"ops-hpc-run-id": run_id, "ops-hpc-bucket": cfg.bucket_name, "ops-hpc-max-run-end": f"{max_run_end:.0f}",
+            "ops-hpc-cores": str(capacity[0]), "ops-hpc-mem-mb": str(capacity[1])}
     if len(models) != total:
         meta["ops-hpc-models"] = ",".join(models)
     if cfg.local and cfg.time_scale != 1.0:
@@ -83,22 +87,39 @@ def check_quota(specs: Sequence[compute.VmSpec],
                     "request an increase on the console's Quotas page (nothing was created)")
 
 
+def vm_capacity(cfg: Config, machine_type: str | None, cores: int | None = None) -> tuple[int, int]:
+    """(usable cores, memory MB) models are packed into on a VM of this machine type (lib/packing.usable_cores).
+
+    cores: a batch's `#cores N` header, overriding the rule.
+    """
+    name = machine_type or cfg.machine_type
+    info = vmplan.machine_type_info(cfg, name)
+    return packing.usable_cores(name, int(info.guest_cpus), override=cores), int(info.memory_mb)
+
+
 def plan_vms(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], *, total: int,
              spot: bool = False, image: str | None = None, machine_type: str | None = None,
-             names: Sequence[str] | None = None) -> list[compute.VmSpec]:
-    """Every VM of a launch, validated (machine type, image, max run duration, quota summed) before any exists."""
+             names: Sequence[str] | None = None, cores: int | None = None) -> list[compute.VmSpec]:
+    """Every VM of a launch, validated (machine type, image, max run duration, quota summed) before any exists.
+
+    A model needing more cores or memory than the VM has is refused here. cores: the batch's `#cores N`.
+    """
     cfg = clients.resolve(cfg)
+    capacity = vm_capacity(cfg, machine_type, cores)
+    packing.check_fits([m for shard in shards for m in shard], *capacity,
+                       where=f"machine type {machine_type or cfg.machine_type}")
     names = list(names or [vm_name(run_id, shard=i + 1 if len(shards) > 1 else None) for i in range(len(shards))])
     script = paths.vm_script("startup.sh").read_text(encoding="utf-8")
     specs = []
     now = time.time()
     for name, shard in zip(names, shards, strict=True):
         timeouts = [m.timeout_min for m in shard]
-        max_run_s = compute.max_run_seconds(timeouts, cfg.upload_timeout_min)
+        max_run_s = packing.max_run_seconds(shard, capacity[0], cfg.upload_timeout_min, mem_total_mb=capacity[1])
         end = now + max_run_s / (cfg.time_scale if cfg.local else 1.0)
         specs.append(compute.plan_vm(cfg, name=name, kind="analysis", run_id=run_id, image=image, spot=spot,
                                      machine_type=machine_type, job_timeouts_min=timeouts, startup_script=script, reports_status=True,
-                                     metadata=_metadata(cfg, run_id, [m.name for m in shard], total, end), now=now))
+                                     metadata=_metadata(cfg, run_id, [m.name for m in shard], total, end, capacity),
+                                     now=now, max_run_s=max_run_s))
     if len(specs) > 1:
         check_quota(specs, lambda mt, cpus, sp: compute.cpu_quota(cfg, mt, cpus, sp))
     return specs
@@ -107,7 +128,8 @@ def plan_vms(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], 
 def launch(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], *, total: int | None = None,
            spot: bool = False, image: str | None = None, machine_type: str | None = None,
            names: Sequence[str] | None = None, boot_timeout: float | None = None, on_log: Log = quiet,
-           state: SessionState | None = None, specs: Sequence[compute.VmSpec] | None = None) -> list[VmRun]:
+           state: SessionState | None = None, specs: Sequence[compute.VmSpec] | None = None,
+           cores: int | None = None) -> list[VmRun]:
     """Create one VM per shard, each guarded until it reports its first status; then they run on their own.
 
     Every VM is planned (machine type, image, quota) before any is created (or `specs` from plan_vms
@@ -121,9 +143,10 @@ def launch(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], *,
     state = state or SessionState(cfg)
     total = total if total is not None else sum(len(s) for s in shards)
     specs = list(specs or plan_vms(cfg, run_id, shards, total=total, spot=spot, image=image,
-                                   machine_type=machine_type, names=names))
+                                   machine_type=machine_type, names=names, cores=cores))
     runs = [VmRun(name=s.name, models=[m.name for m in shard], spot=s.spot, machine_type=s.machine_type,
-                  hourly=_hourly(cfg, s)) for s, shard in zip(specs, shards, strict=True)]
+                  hourly=_hourly(cfg, s), cores=int(s.metadata.get("ops-hpc-cores") or 0))
+            for s, shard in zip(specs, shards, strict=True)]
     timeout = boot_timeout or (BOOT_TIMEOUT_LOCAL_S if cfg.local else BOOT_TIMEOUT_GCE_S)
     with contextlib.ExitStack() as stack:
         guards = []
