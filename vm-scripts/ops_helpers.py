@@ -87,7 +87,7 @@ def result(root, snap, dest, pairs):
     meta = {"format": 1}
     for kv in pairs:
         k, v = kv.split("=", 1)
-        meta[k] = int(v) if k in ("exit_code", "attempts") else float(v) if k == "seconds" else v
+        meta[k] = int(v) if k in ("exit_code", "attempts") else float(v) if k in ("seconds", "ended_at") else v
     listed = []
     for path, (size, mtime) in sorted(files(root).items()):
         if path == "MANIFEST.json" or inputs.get(path) == [size, mtime]:

@@ -200,7 +200,7 @@ run_model() {
   # run_model NAME MAIN CORES TIMEOUT_S ZIP CRC RETRIES (in a background subshell): run it (again, up to
   # RETRIES times while it fails, not when it times out), zip what it produced with a manifest and upload
   # it (or leave it stranded on this disk). Ends by writing WORK/phase/NAME.done: STATE SECONDS UPLOADED.
-  local name="$1" retries="${7:-0}" dir="$WORK/models/$1" state rc t0 started seconds nfiles nbytes attempt=1
+  local name="$1" retries="${7:-0}" dir="$WORK/models/$1" state rc t0 started ended seconds nfiles nbytes attempt=1
   set_phase "$name" running
   while :; do
     run_once "$@"
@@ -208,12 +208,13 @@ run_model() {
     ops_log "model ${name}: failed (exit ${rc}) on attempt ${attempt}: running it again (retries=${retries})"
     attempt=$((attempt + 1))
   done
-  seconds=$(ops_calc "$(ops_epoch) - $t0")
+  ended=$(ops_epoch)
+  seconds=$(ops_calc "$ended - $t0")
   set_phase "$name" "uploading $seconds"  # its cores are free from here
   ops_gcs_upload "$dir/opensees.log" "_logs/${RUN_ID}/${name}.log" text/plain > /dev/null || true
   read -r nfiles nbytes < <(ops_pyhelp result "$dir" "$WORK/$name.inputs" "$WORK/$name.zip" \
     "run_id=${RUN_ID}" "model=${name}" "state=${state}" "exit_code=${rc}" "started=${started}" \
-    "finished=$(ops_now)" "seconds=${seconds}" "vm=${VM}" "attempts=${attempt}")
+    "finished=$(ops_now)" "seconds=${seconds}" "vm=${VM}" "attempts=${attempt}" "ended_at=${ended}")
   rm -rf "$dir" "$WORK/$name.inputs"
   ops_log "model ${name}: ${state} (exit ${rc}, ${seconds} s, attempt ${attempt}), ${nfiles:-?} file(s), ${nbytes:-?} bytes: uploading"
   if upload_result "$name"; then

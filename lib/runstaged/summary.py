@@ -36,9 +36,19 @@ def summarize(run_id: str, models: list[StagedModel], followed: Followed, result
             "seconds": seconds, "files": len(man["files"]) if man else 0,
             "bytes": sum(f["size"] for f in man["files"]) if man else 0,
             "cost": round(rate * seconds / 3600, 4) if rate is not None and seconds is not None else None,
-            "folder": str(folder) if man else "", "note": followed.lost.get(m.name, ""),
+            "folder": str(folder) if man else "", "note": followed.lost.get(m.name, "") or _retried(man, m),
+            "attempts": int((man or {}).get("attempts") or 1),
         })
     return rows
+
+
+def _retried(man: dict[str, Any] | None, model: StagedModel) -> str:
+    """The note of a model its VM ran more than once (retries=N re-runs a failed model)."""
+    attempts = int((man or {}).get("attempts") or 1)
+    if attempts < 2:
+        return ""
+    return f"ran {attempts} times (retries={model.retries}: failed {attempts - 1} time(s), then {man.get('state')})" \
+        if man else ""
 
 
 def format_table(rows: list[dict[str, Any]], vms: list[VmRun] | None = None) -> str:

@@ -96,3 +96,30 @@ def test_symlinked_main_outside_the_folder_is_refused_inside_it_is_accepted(tmp_
     assert ":2: main script 'main.tcl' in 'outside' is a symlink to a file outside the folder" in problem
     (base / "batch.txt").write_text("inside\n")
     assert [m.name for m in parse_batch(base / "batch.txt").models] == ["inside"]
+
+
+def test_cores_header_mem_and_retries(tmp_path):
+    for name in ("a", "b", "c"):
+        _model(tmp_path / name)
+    path = tmp_path / "batch.txt"
+    path.write_text("#cores 8\n# a comment\na mem=1.5 retries=2\nb cores=8\nc\n")
+    batch = parse_batch(path)
+    assert batch.cores == 8
+    a, b, c = batch.models
+    assert (a.mem_gb, a.retries, b.cores, c.retries) == (1.5, 2, 8, None)
+    assert a.to_json()["mem_gb"] == 1.5 and c.to_json()["retries"] == 0
+
+
+def test_a_model_wider_than_the_cores_header_and_bad_values_are_refused(tmp_path):
+    for name in ("a", "b", "c"):
+        _model(tmp_path / name)
+    path = tmp_path / "batch.txt"
+    path.write_text("#cores 4\na cores=6\nb mem=lots\nc retries=-1\n")
+    with pytest.raises(BatchError) as err:
+        parse_batch(path)
+    text = str(err.value)
+    assert f"{path}:2: cores=6 is more than the batch's #cores 4" in text
+    assert f"{path}:3: mem='lots'" in text and f"{path}:4: retries='-1'" in text
+    path.write_text("#cores many\na\n")
+    with pytest.raises(BatchError, match="#cores 'many'"):
+        parse_batch(path)

@@ -141,3 +141,18 @@ def test_a_vm_the_follower_deleted_after_a_rescue_is_not_relaunched():
     f = _followed(vm, pulled={"a": "cleaned"}, deleted=["vm1"])
     acts = plan(Observation(now=1.0, gone={"vm1": (1.0, "delete")}, landed={"b": 3}), f)
     assert not acts.relaunch and not acts.lost and acts.pull == ["b"]
+
+
+def test_a_preempted_packed_vm_relaunches_only_its_unfinished_models():
+    """A packed VM ran several models at once: the finished ones (landed or pulled) are never run again."""
+    models = ("a", "b", "c", "d", "e")
+    vm = _vm(models=models, state="preempted")
+    vm.status["per_model"] = {"a": {"state": "ok", "seconds": 3.0}, "b": {"state": "interrupted", "seconds": None},
+                              "c": {"state": "interrupted", "seconds": None}, "d": {"state": "ok", "seconds": 2.0},
+                              "e": {"state": "pending", "seconds": None}}
+    vm.status["running"] = "b,c"
+    f = _followed(vm, expected=models, pulled={"a": "cleaned"})
+    obs = Observation(now=5.0, gone={"vm1": (5.0, "compute.instances.preempted")}, landed={"d": 3})
+    acts = plan(obs, f)
+    assert [r.models for r in acts.relaunch] == [("b", "c", "e")]
+    assert acts.pull == ["d"] and not acts.lost
