@@ -24,7 +24,7 @@ RUN ?=
 
 .PHONY: help venv lock lint test demo localcloud-up localcloud-down localcloud-status \
 	build run run-staged stage pull watch verify status setup cleanup sweep log monitor config \
-	extend abort emergency delete-vm stop-vm bench-pull bench-pull-scale bench report-shot check-platforms sizes
+	extend abort emergency delete-vm stop-vm bench-pull bench-pull-scale bench-pack bench report-shot check-platforms sizes
 
 help:  ## list the jobs
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 20
@@ -63,8 +63,8 @@ build: venv  ## build the opensees-hpc image
 	$(INVOKE) build
 run: venv  ## run JOBS over ssh with deadlines
 	$(INVOKE) run.jobs --jobs $(JOBS)
-run-staged: venv  ## stage BATCH, launch a self-deleting VM (WAIT=1 to follow and pull, RERUN=RUN its unfinished models)
-	$(INVOKE) run-staged --batch $(BATCH) $(if $(WAIT),--wait) $(if $(VMS),--vms $(VMS)) $(if $(SPOT),--spot) $(if $(RERUN),--rerun $(RERUN))
+run-staged: venv  ## stage BATCH, launch a self-deleting VM (WAIT=1 to follow and pull, RERUN=RUN its unfinished models, RETRIES=N)
+	$(INVOKE) run-staged --batch $(BATCH) $(if $(WAIT),--wait) $(if $(VMS),--vms $(VMS)) $(if $(SPOT),--spot) $(if $(RERUN),--rerun $(RERUN)) $(if $(RETRIES),--retries $(RETRIES))
 stage: venv  ## zip and upload BATCH's models
 	$(PYTHON) bin/stage $(BATCH)
 pull: venv  ## download, verify and clean every result set into DIR (LIST=1 only lists, SET=ID one set)
@@ -106,6 +106,9 @@ report-shot: venv  ## rebuild the newest run's report in DIR, check it in headle
 
 bench-pull: venv  ## benchmark bin/pull against gcloud storage rsync (not part of make test)
 	$(PYTHON) -m pytest -q -s tests/bench/bench_pull.py
+
+bench-pack: venv  ## benchmark: VM-core utilization of 16 packed one-core models on an 8-vCPU VM, and on 2 VMs (not part of make test)
+	$(PYTHON) -m pytest -q -s tests/bench/bench_pack.py
 
 bench-pull-scale: venv  ## benchmark: pull's time per result set at 1,000 and at 10,000 sets (not part of make test)
 	$(PYTHON) -m pytest -q -s tests/bench/bench_pull_scale.py

@@ -362,20 +362,22 @@ def _print_run(out: dict) -> None:
 
 
 @ops_task(name="staged", help={"batch": "batch file (default batches/example.txt)", "wait": "follow, pull, summarise",
-                               "vms": "shard the models across N VMs (balanced by timeout)",
+                               "vms": "shard the models across N VMs (balanced by predicted packed makespan)",
                                "spot": "spot VMs (with --wait a preempted VM's unfinished models are relaunched)",
                                "dir": "results folder for --wait", "run_id": "stage into this run id",
                                "no_fallback": "after the spot retries, do not fall back to an on-demand VM",
-                               "rerun": "re-run only the unfinished models of run RERUN (its staged inputs)"})
+                               "rerun": "re-run only the unfinished models of run RERUN (its staged inputs)",
+                               "retries": "re-run a failed (not timed-out) model up to N times on its VM "
+                                          "(lines with retries= keep theirs)"})
 def run_staged(c, batch="batches/example.txt", wait=False, vms=1, spot=False, dir=None, run_id=None,
-               no_fallback=False, rerun=None):
+               no_fallback=False, rerun=None, retries=0):
     """Stage BATCH, launch self-deleting VM(s) that run it; --wait follows, pulls each result and summarises."""
     from lib import runstaged
 
     try:
         out = runstaged.run_staged(_cfg(), None if rerun else batch, wait=wait, vms=int(vms), spot=spot or None,
                                    results_dir=dir, run_id=run_id, on_demand_fallback=not no_fallback,
-                                   on_log=cli.err, rerun=rerun).to_json()
+                                   on_log=cli.err, rerun=rerun, retries=int(retries)).to_json()
     except KeyboardInterrupt:
         if not wait:
             raise

@@ -51,7 +51,7 @@ STARTED=$(ops_now)
 CORES=$(ops_md_attr ops-hpc-cores "")
 [ -n "$CORES" ] || CORES=$(nproc 2> /dev/null || echo 1)
 MEM_MB=$(ops_md_attr ops-hpc-mem-mb "")
-POLL=$(ops_md_attr ops-hpc-poll 0.5)
+POLL=$(ops_md_attr ops-hpc-poll 0.2)
 FREE_CORES=$CORES
 FREE_MEM=${MEM_MB:-0}
 LAST_UPLOAD=""
@@ -153,27 +153,58 @@ set_phase() {
   printf '%s\n' "$2" > "$WORK/phase/$1.tmp" && mv -f "$WORK/phase/$1.tmp" "$WORK/phase/$1"
 }
 
-run_once() {
-  # run_once NAME MAIN CORES TIMEOUT_S ZIP CRC: download and check the input, run OpenSees under its timeout.
-  # Sets state, rc, t0, started (run_model's locals).
-  local name="$1" main="$2" cores="$3" secs="$4" zip="$5" crc="$6"
-  local dir="$WORK/models/$1" log got="" pid streamer
-  log="$dir/opensees.log"
-  state="failed"
-  rc=1
+prepare() {
+  # prepare NAME ZIP CRC: download and check a model's input into WORK/models/NAME with its input snapshot;
+  # fails (leaving a note in its opensees.log) when the staged zip is missing or damaged.
+  local name="$1" zip="$2" crc="$3" dir="$WORK/models/$1" got=""
   rm -rf "$dir"
   mkdir -p "$dir"
-  t0=$(ops_epoch)
-  started=$(ops_now)
   if ops_gcs_download "$zip" "$WORK/$name.in.zip"; then got=$(ops_crc32c "$WORK/$name.in.zip"); fi
   if [ "$got" != "$crc" ]; then
-    echo "ops-hpc: staged input $zip missing or damaged (crc32c ${got:-none}, expected $crc)" > "$log"
+    echo "ops-hpc: staged input $zip missing or damaged (crc32c ${got:-none}, expected $crc)" > "$dir/opensees.log"
     ops_pyhelp snapshot "$dir" "$WORK/$name.inputs"
-    return
+    return 1
   fi
   ops_python -m zipfile -e "$WORK/$name.in.zip" "$dir/"
   rm -f "$WORK/$name.in.zip"
   ops_pyhelp snapshot "$dir" "$WORK/$name.inputs"
+}
+
+prefetch() {
+  # In the background: prepare the queued models' inputs ahead of their start (at most CORES waiting), so
+  # a model's cores go to OpenSees at once. Whoever creates WORK/claim/NAME first (this or the model's own
+  # first attempt) prepares it; WORK/ready/NAME says ok or bad when the prefetch is done.
+  local name main cores secs zip crc rest waiting n
+  for name in "${NAMES[@]}"; do
+    while :; do
+      waiting=0
+      for n in "$WORK"/ready/*; do [ -e "$n" ] && [ ! -e "$WORK/phase/${n##*/}" ] && waiting=$((waiting + 1)); done
+      [ "$waiting" -lt "$CORES" ] && break
+      sleep 0.2
+    done
+    mkdir "$WORK/claim/$name" 2> /dev/null || continue
+    IFS=$'\t' read -r main cores secs zip crc rest <<< "${SPEC[$name]}"
+    if prepare "$name" "$zip" "$crc"; then echo ok > "$WORK/ready/$name"; else echo bad > "$WORK/ready/$name"; fi
+  done
+}
+
+run_once() {
+  # run_once NAME MAIN CORES TIMEOUT_S ZIP CRC: take the prepared input (or prepare it now), run OpenSees
+  # under its timeout. Sets state, rc, t0, started (run_model's locals; attempt says which attempt).
+  local name="$1" main="$2" cores="$3" secs="$4" zip="$5" crc="$6"
+  local dir="$WORK/models/$1" log pid streamer ok=ok
+  log="$dir/opensees.log"
+  state="failed"
+  rc=1
+  t0=$(ops_epoch)
+  started=$(ops_now)
+  if [ "$attempt" -gt 1 ] || mkdir "$WORK/claim/$name" 2> /dev/null; then
+    prepare "$name" "$zip" "$crc" || ok=bad
+  else
+    while [ ! -s "$WORK/ready/$name" ]; do sleep 0.1; done  # the prefetch has it (or is on it)
+    ok=$(cat "$WORK/ready/$name")
+  fi
+  [ "$ok" = ok ] || return 0
   ops_log "model ${name}: openseesmp ${cores} ${main} (timeout ${secs} s)"
   t0=$(ops_epoch)
   started=$(ops_now)
@@ -341,11 +372,13 @@ while IFS=$'\t' read -r name rest; do
   MSTATE[$name]="pending"
   SPEC[$name]="$rest"
 done < "$WORK/models.tsv"
-mkdir -p "$WORK/phase"
+mkdir -p "$WORK/phase" "$WORK/claim" "$WORK/ready"
 [ "${#NAMES[@]}" -gt 0 ] || { ERROR="no models to run (subset: ${SUBSET:-all})"; ops_log "$ERROR"; finish error; }
 STATE="running"
 
 declare -a QUEUE=("${NAMES[@]}")  # pack order: ops_helpers.py models sorted them
+prefetch &
+PREFETCH=$!
 FREED=1
 while :; do
   CHANGED=""
@@ -372,6 +405,7 @@ while :; do
   [ "${#QUEUE[@]}" -eq 0 ] && [ "${#PID[@]}" -eq 0 ] && break
   sleep "$POLL"
 done
+kill "$PREFETCH" 2> /dev/null
 
 CURRENT_MODEL=""
 if ! retry_stranded; then finish upload_failed; fi
