@@ -28,6 +28,7 @@ from lib.config import Config
 from lib.errors import OpsError, Refused
 from lib.log import Log, quiet
 from lib.state import SessionState
+from lib.units import duration
 from lib.vmplan import (
     BUILD_MAX_RUN_S,
     KINDS,
@@ -231,7 +232,7 @@ def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = quiet, state: SessionS
                       max_run_end=spec.max_run_end, phase="creating", machine_type=spec.machine_type, spot=spec.spot,
                       request_id=request_id)
     on_log(f"creating {spec.kind} VM {spec.name} ({spec.machine_type}, {'spot' if spec.spot else 'on-demand'}, "
-           f"image {spec.image_name}, deleted by Google after {spec.max_run_s // 3600} h at the latest)")
+           f"image {spec.image_name}, deleted by Google after {duration(spec.max_run_s)} at the latest)")
     request = c.InsertInstanceRequest(project=spec.project, zone=spec.zone, request_id=request_id,
                                       instance_resource=instance_resource(spec))
     with _IN_FLIGHT_LOCK:

@@ -23,6 +23,7 @@ from lib.log import Log, quiet
 from lib.naming import vm_name
 from lib.runstatus import parse_status
 from lib.stage import StagedModel
+from lib.units import duration
 
 if TYPE_CHECKING:
     from lib.state import SessionState
@@ -155,7 +156,7 @@ def launch(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], *,
             vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
             run.id, run.created = vm.id, time.time()
             on_log(f"{spec.name}: {len(run.models)} model(s) ({', '.join(run.models)}); "
-                   f"deleted by Google after {spec.max_run_s // 3600} h at the latest")
+                   f"deleted by Google after {duration(spec.max_run_s)} at the latest")
         _confirm_up(cfg, run_id, runs, timeout, on_log)
         for guard in guards:
             guard.disarm()
