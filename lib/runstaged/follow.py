@@ -206,7 +206,7 @@ class Follower:
         self.models = {m.name: m for m in models}
         self.results_dir = Path(results_dir)
         self.policy, self.image, self.on_log, self.tail, self.log_every = policy, image, on_log, tail, log_every
-        total_s = sum(m.timeout_min for m in models) * 60 / max(self.cfg.time_scale, 1e-9) + 600
+        total_s = sum(m.timeout_min * (1 + m.retries) for m in models) * 60 / max(self.cfg.time_scale, 1e-9) + 600
         self.followed = Followed(run_id=run_id, vms=list(runs), expected=[m.name for m in models],
                                  deadline=time.time() + (deadline_s if deadline_s is not None else total_s))
         self.puller = puller or self._pull
