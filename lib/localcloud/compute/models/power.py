@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 
-from lib.localcloud import vms
+from lib.localcloud import LocalCloudError, vms
 from lib.localcloud.compute.exceptions import (
     InvalidValue,
     ResourceNotReady,
@@ -47,8 +47,13 @@ class PowerMixin(ModelBase):
         script = metadata_value(inst, "startup-script")
         if script is None:
             return
-        env = vms.vm_environment(disk, md.host, inst["id"], self.vm_env)
-        popen = vms.launch(disk, script, env)
+        try:
+            env = vms.vm_environment(disk, md.host, inst["id"], self.vm_env)
+            popen = vms.launch(disk, script, env)
+        except LocalCloudError as exc:  # no Git Bash on Windows: the VM boots, its script cannot run
+            vms.console_append(disk, f"localcloud: startup-script not run: {exc}\n")
+            local.update({"script_done": True, "exit_code": 127})
+            return
         try:
             ctime = psutil.Process(popen.pid).create_time()
         except psutil.Error:
