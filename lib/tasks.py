@@ -193,10 +193,12 @@ def cleanup(c, yes=False):
         raise Exit(code=1)
 
 
-@ops_task(help={"dry_run": "show, change nothing", "grace": "minutes past expected end", "pull": "also pull results"})
-def sweep(c, dry_run=False, grace=None, pull=False):
+@ops_task(help={"dry_run": "show, change nothing", "grace": "minutes past expected end", "pull": "also pull results",
+                "install": "print the cron/schtasks entry (with --yes: install or replace it)", "yes": "with --install"})
+def sweep(c, dry_run=False, grace=None, pull=False, install=False, yes=False):
     """Delete stopped or overdue ops-hpc VMs now (what the cron/Task Scheduler job runs)."""
-    script("sweep", *_flag(dry_run, "--dry-run"), *_opt(grace, "--grace"), *_flag(pull, "--pull"))
+    script("sweep", *_flag(dry_run, "--dry-run"), *_opt(grace, "--grace"), *_flag(pull, "--pull"),
+           *_flag(install, "--install"), *_flag(yes, "--yes"))
 
 
 @ops_task
