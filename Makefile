@@ -63,8 +63,8 @@ build: venv  ## build the opensees-hpc image
 	$(INVOKE) build
 run: venv  ## run JOBS over ssh with deadlines
 	$(INVOKE) run.jobs --jobs $(JOBS)
-run-staged: venv  ## stage BATCH, launch a self-deleting VM (WAIT=1 to follow and pull, RERUN=RUN its unfinished models)
-	$(INVOKE) run-staged --batch $(BATCH) $(if $(WAIT),--wait) $(if $(VMS),--vms $(VMS)) $(if $(SPOT),--spot) $(if $(RERUN),--rerun $(RERUN))
+run-staged: venv  ## stage BATCH, launch self-deleting VM(s) (WAIT=1 follow+pull, RERUN=RUN, MACHINE=T|auto, DRY_RUN=1 plan+cost, YES=1)
+	$(INVOKE) run-staged --batch $(BATCH) $(if $(WAIT),--wait) $(if $(VMS),--vms $(VMS)) $(if $(SPOT),--spot) $(if $(RERUN),--rerun $(RERUN)) $(if $(MACHINE),--machine-type $(MACHINE)) $(if $(DRY_RUN),--dry-run) $(if $(JSON),--json) $(if $(YES),--yes)
 stage: venv  ## zip and upload BATCH's models
 	$(PYTHON) bin/stage $(BATCH)
 pull: venv  ## download, verify and clean every result set into DIR (LIST=1 only lists, SET=ID one set)
