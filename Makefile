@@ -73,8 +73,8 @@ watch: venv  ## keep pulling every INTERVAL seconds until Ctrl+C
 	$(PYTHON) bin/pull --yes --watch --interval $(INTERVAL) --dir $(DIR)
 verify: venv  ## re-check DIR against GCS or the manifests
 	$(PYTHON) bin/verify --dir $(DIR)
-status: venv  ## image, VMs, bucket and costs
-	$(INVOKE) status
+status: venv  ## image, VMs, bucket and costs (USAGE=1 30 days per VM and run, JSON=1 or CSV=1)
+	$(INVOKE) status $(if $(USAGE),--usage) $(if $(JSON),--json) $(if $(CSV),--csv)
 setup: venv  ## check credentials, APIs, bucket, permissions and quota
 	$(INVOKE) setup
 cleanup: venv  ## delete every ops-hpc VM and wipe the bucket (asks first)

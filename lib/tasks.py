@@ -158,10 +158,11 @@ def verify(c, dir="", offline=False, json=False):
 # -- VM safety: status, setup, cleanup, sweep ------------------------------------------------------------
 
 
-@ops_task(help={"usage": "per-VM cost over the last 30 days", "json": "print JSON"})
-def status(c, usage=False, json=False):
+@ops_task(help={"usage": "per-VM and per-run cost over the last 30 days", "json": "print JSON",
+                "csv": "print the 30-day usage as CSV (per VM, per run, total)"})
+def status(c, usage=False, json=False, csv=False):
     """Image, ops-hpc VMs (uptime, time left, cost so far), bucket, and with --usage 30 days of costs."""
-    script("status", *_flag(usage, "--usage"), *_flag(json, "--json"))
+    script("status", *_flag(usage, "--usage"), *_flag(json, "--json"), *_flag(csv, "--csv"))
 
 
 @ops_task
