@@ -40,7 +40,8 @@ class PowerMixin(ModelBase):
                       "create_time": None})
         project, zone, name = key.split("/")
         rec = self.usage.setdefault(inst["id"], {"project": project, "zone": zone, "name": name, "intervals": []})
-        rec.update({"machineType": last_segment(inst["machineType"], "machineTypes"), "live": True})
+        rec.update({"machineType": last_segment(inst["machineType"], "machineTypes"), "live": True,
+                    "labels": dict(inst.get("labels") or {})})  # Monitoring's metadata.user_labels
         rec["intervals"].append([t, None])
         vms.console_append(disk, f"localcloud: booting {name} ({now_rfc3339(t)})\n")
         md = self._start_metadata(key, 0)
