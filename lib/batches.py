@@ -1,18 +1,20 @@
 """Batch files: which models to run, one per line.
 
     # comment
-    FOLDER [main=main.tcl] [cores=1] [timeout=60] [name=NAME]
+    FOLDER [main=main.tcl] [cores=1] [timeout=60] [name=NAME] [args="..."] [sweep=TABLE.csv] [shared=FOLDER]
 
 FOLDER is relative to the batch file's folder (its *base*) and must stay inside
 it; quote it if it holds spaces. `cores` is what OpenSeesMP gets (1 = sequential
 OpenSees), `timeout` is minutes, `name` defaults to the folder's name and names
-the result set. Every bad line is reported with file and line number before
+the result set; `main=*.py` runs with the VM's Python and OpenSeesPy. `args`, `sweep` and `shared`
+(parametric runs, one entry per sweep row named MODEL/ROW) are lib/parametric.py's. Every bad line is reported with file and line number before
 anything is uploaded or created, all of them at once, so a user fixes the file in
 one go.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from collections.abc import Callable, Sequence
@@ -20,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from lib import parametric
 from lib.errors import UsageError
 
 DEFAULTS = {"main": "main.tcl", "cores": "1", "timeout": "60"}
-KEYS = ("main", "cores", "timeout", "name")
+KEYS = ("main", "cores", "timeout", "name", *parametric.KEYS)
 NAME_RX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 T = TypeVar("T")
 
@@ -45,6 +48,10 @@ class Model:
     cores: int
     timeout_min: int
     line: int
+    args: tuple[str, ...] = ()  # after the main script: Tcl's $argv, Python's sys.argv[1:]
+    env: tuple[tuple[str, str], ...] = ()
+    shared: Path | None = None  # a folder staged once per run, linked read-only into the model's folder
+    group: str = ""  # a sweep's line name: its rows (MODEL/ROW) share the line's staged zip
 
     def to_json(self) -> dict:
         return {"name": self.name, "main": self.main, "cores": self.cores, "timeout_min": self.timeout_min}
@@ -137,7 +144,15 @@ def parse_batch(path: str | Path) -> Batch:
             problems.append(f"{where}: duplicate model name {name!r} (first on line {seen[name.lower()]}; set name=...)")
             continue
         seen[name.lower()] = number
-        models.append(Model(name, folder, main, numbers["cores"], numbers["timeout"], number))
+        try:
+            more = parametric.expand(values, base, folder)
+        except parametric.ParamError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        model = Model(name, folder, main, numbers["cores"], numbers["timeout"], number, more.args, (), more.shared)
+        models += [model] if more.runs is None else [
+            dataclasses.replace(model, name=f"{name}/{r.name}", args=more.args + r.args, env=r.env, group=name)
+            for r in more.runs]
     if problems:
         raise BatchError(problems)
     if not models:
