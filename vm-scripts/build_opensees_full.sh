@@ -21,13 +21,25 @@ OPENSEESPY_VERSION="${OPENSEESPY_VERSION:-3.7.1.2}"
 log() { printf '[build %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 install_launcher() {
-  # $1: the command that runs one Tcl script single-process; $2: the MPI command prefix ("" when none).
+  # $1: the command that runs one Tcl script single-process; $2: the MPI command prefix ("" when none);
+  # $3: "env-argv" when $1 flattens Tcl's argv (the stand-in joins it with spaces, so an argument holding
+  # a space would split): the launcher then also hands the arguments over in OPS_HPC_ARGV, 0x1f-separated.
   # Scripts run through line_buffered.tcl: Tcl buffers stdout fully when it is not a terminal (an ssh
   # session without a tty, a pipe), so without it `make run` would show a job's output in 4 KB bursts.
+  # the single-process line of the launcher (both written for the launcher to expand at run time)
+  # shellcheck disable=SC2016
+  local single='if [ "$N" -le 1 ] || [ -z "'"$2"'" ]; then exec '"$1"' "$LB" "$@"; fi'
+  # shellcheck disable=SC2016
+  [ -n "${3:-}" ] && single='export OPS_HPC_ARGV="$(printf '"'%s\\037'"' "$@")"; exec '"$1"' "$LB"  # no MPI: any N'
   mkdir -p "$PREFIX/bin" "$PREFIX/share"
   cat > "$PREFIX/share/line_buffered.tcl" <<'TCL'
 # line_buffered.tcl SCRIPT ?ARGS?: run SCRIPT with stdout flushed at every line, argv as if run directly.
 fconfigure stdout -buffering line
+if {[info exists env(OPS_HPC_ARGV)]} {
+  set argv [split [string range $env(OPS_HPC_ARGV) 0 end-1] "\x1f"]
+  set argc [llength $argv]
+  unset env(OPS_HPC_ARGV)
+}
 if {$argc < 1} { puts stderr "usage: line_buffered.tcl SCRIPT ?ARGS?"; exit 2 }
 set argv0 [lindex $argv 0]
 set argv [lrange $argv 1 end]
@@ -43,7 +55,7 @@ N="\$1"; shift
 case "\$N" in ''|*[!0-9]*) echo "openseesmp: N must be a whole number, got '\$N'" >&2; exit 2;; esac
 HERE="\$(cd "\$(dirname "\$(readlink -f "\$0")")" && pwd)"  # through the /usr/local/bin symlink
 LB="\$HERE/../share/line_buffered.tcl"
-if [ "\$N" -le 1 ] || [ -z "$2" ]; then exec $1 "\$LB" "\$@"; fi
+${single}
 exec $2 -np "\$N" "\$HERE/OpenSeesMP" "\$LB" "\$@"
 EOF
   chmod 755 "$PREFIX/bin/openseesmp"
@@ -51,11 +63,16 @@ EOF
 }
 
 install_python() {
-  # $1: the python that has OpenSeesPy; $2: a folder to put first on PYTHONPATH ("" when none).
+  # $1: the python that has OpenSeesPy; $2: a folder under PREFIX to put first on PYTHONPATH ("" when none),
+  # found from the launcher's own place at run time (an image's disk is a copy: no build-time paths).
   {
     echo '#!/bin/bash'
     echo '# opensees-python script.py [args...]: run an OpenSeesPy model with the Python that has openseespy.'
-    [ -n "$2" ] && echo "export PYTHONPATH=\"$2\${PYTHONPATH:+:\$PYTHONPATH}\""
+    if [ -n "$2" ]; then
+      # shellcheck disable=SC2016  # written for the launcher to expand at run time
+      echo 'HERE="$(cd "$(dirname "$(readlink -f "$0")")" && pwd)"'
+      echo "export PYTHONPATH=\"\$HERE/../$2\${PYTHONPATH:+:\$PYTHONPATH}\""
+    fi
     echo "exec $1 -u \"\$@\""
   } > "$PREFIX/bin/opensees-python"
   chmod 755 "$PREFIX/bin/opensees-python"
@@ -79,9 +96,9 @@ PY
 if [ -n "$ROOT" ]; then
   log "local cloud: stand-in build (python -m opensees) into $PREFIX"
   python3 -c 'import opensees' || { echo "the local cloud's Python lacks the opensees package" >&2; exit 1; }
-  install_launcher "python3 -u -m opensees" ""  # -u: the package prints through Python's buffered stdout
+  install_launcher "python3 -u -m opensees" "" env-argv  # -u: the package prints through Python's buffered stdout
   install_openseespy_shim
-  install_python python3 "$PREFIX/share/pyshim"
+  install_python python3 share/pyshim
   log "done: $(cat "$PREFIX/BUILD_INFO")"
   exit 0
 fi
