@@ -4,6 +4,7 @@ once and present on the VM, results land as RESULTS/RUN/MODEL/ROW, and bad input
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 from lib import build, compute, manifest, report, runstaged, stage, storage
 from lib.errors import UsageError
 from tests.support.vms import vm_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 PROBE_TCL = """file mkdir output
 set f [open output/argv.txt w]; puts $f "$argc|$argv"; close $f
@@ -78,9 +81,9 @@ def test_a_sweep_of_tcl_and_python_models_with_shared_records(cfg, image, tmp_pa
     base = tmp_path / "batch"
     _probes(base)
     (base / "batch.txt").write_text("\n".join([
-        "probe     name=tcl  sweep=table.csv  shared=records  args=\"-title 'two words'\"  timeout=3",
-        "probe_py  name=py   main=model.py  sweep=table.csv  shared=records  timeout=3",
-        "probe     name=plain  args=\"-x 1\"  timeout=3",
+        "probe     name=tcl  sweep=table.csv  shared=records  args=\"-title 'two words'\"  timeout=10",
+        "probe_py  name=py   main=model.py  sweep=table.csv  shared=records  timeout=10",
+        "probe     name=plain  args=\"-x 1\"  timeout=10",
     ]) + "\n")
     bucket: dict[str, list[str]] = {}
     unstage = stage.unstage
@@ -134,6 +137,24 @@ def test_a_sweep_of_tcl_and_python_models_with_shared_records(cfg, image, tmp_pa
         assert f">{name}<" in page
     assert report.latest_run(tmp_path / "results") == out.run_id
     assert all(compute.get_vm(cfg, v) is None for v in out.vms)
+
+
+def test_the_example_sweep_runs_and_its_tcl_and_openseespy_twins_agree(cfg, image, tmp_path):
+    base = tmp_path / "batches"
+    shutil.copytree(REPO / "batches" / "examples", base / "examples")
+    for name in ("sweep.txt", "sweep.csv"):
+        shutil.copy(REPO / "batches" / name, base / name)
+    out = runstaged.run_staged(cfg, base / "sweep.txt", wait=True, results_dir=tmp_path / "results", image=image,
+                               tail=False)
+    run = tmp_path / "results" / out.run_id
+    rows = ("pulse-x1", "pulse-x2", "chirp-x1", "chirp-x2")
+    assert {r["model"]: r["state"] for r in out.rows} == {f"{m}/{r}": "ok" for m in ("sdof", "sdof-py") for r in rows}
+    peaks = {(m, r): float((run / m / r / "output" / "peak.txt").read_text()) for m in ("sdof", "sdof-py")
+             for r in rows}
+    for r in rows:
+        assert peaks[("sdof", r)] == pytest.approx(peaks[("sdof-py", r)], rel=1e-6) and peaks[("sdof", r)] > 0
+    assert peaks[("sdof", "pulse-x2")] > peaks[("sdof", "pulse-x1")]  # the scale column reached the model
+    assert "tag b" in (run / "sdof" / "pulse-x2" / "opensees.log").read_text()  # and the env:RUN_TAG column
 
 
 @pytest.mark.parametrize(("files", "line", "message"), [
