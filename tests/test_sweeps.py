@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lib import build, compute, manifest, report, runstaged, stage, storage
+from lib.batches import parse_batch
 from lib.errors import UsageError
 from tests.support.vms import vm_config
 
@@ -137,6 +138,26 @@ def test_a_sweep_of_tcl_and_python_models_with_shared_records(cfg, image, tmp_pa
         assert f">{name}<" in page
     assert report.latest_run(tmp_path / "results") == out.run_id
     assert all(compute.get_vm(cfg, v) is None for v in out.vms)
+
+
+def test_staging_a_sweep_twice_uploads_nothing_the_second_time(cfg, tmp_path):
+    base = tmp_path / "batch"
+    _probes(base)
+    (base / "batch.txt").write_text("probe name=tcl sweep=table.csv shared=records args=\"-x 'a b'\"\n"
+                                    "probe_py name=py main=model.py shared=records\n")
+    batch = parse_batch(base / "batch.txt")
+    first = stage.stage(cfg, batch, run_id="run-20260101-000000-aaaa")
+    again = stage.stage(cfg, batch, run_id="run-20260101-000000-aaaa")
+    assert not again.uploaded and again.description == first.description
+    d = first.description
+    assert d["shared"] == {"records": {"zip": "_uploads/run-20260101-000000-aaaa/shared/records.zip",
+                                       "crc32c": d["shared"]["records"]["crc32c"], "size": d["shared"]["records"]["size"],
+                                       "files": 2}}
+    tcl = [m for m in first.models if m.name.startswith("tcl/")]
+    assert [m.name for m in tcl] == ["tcl/A_1", "tcl/b"] and len({m.zip for m in tcl}) == 1
+    assert tcl[0].args == ("-x", "a b", "-scale", "1.5") and tcl[1].env == (("TAG", "beta"),)
+    assert {m.shared for m in first.models} == {"records"} and {m.shared_link for m in first.models} == {"records"}
+    assert len([n for n in first.uploaded if "/shared/" in n]) == 1
 
 
 def test_the_example_sweep_runs_and_its_tcl_and_openseespy_twins_agree(cfg, image, tmp_path):

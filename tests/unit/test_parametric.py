@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -320,3 +323,40 @@ def test_the_vm_fetches_each_shared_folder_its_models_use_once(tmp_path):
                                                           "rec\t_uploads/r/shared/rec.zip\tc1"]
     assert h.shared(str(tmp_path / "batch.json"), "a/1,a/2 c") == ["rec\t_uploads/r/shared/rec.zip\tc1"]
     assert h.shared(str(tmp_path / "batch.json"), "c") == []
+
+
+def _launch(tmp_path: Path, model: dict, *, shared_root: Path) -> subprocess.CompletedProcess:
+    (tmp_path / "batch.json").write_text(json.dumps({"models": [model]}))
+    work = tmp_path / "model"
+    work.mkdir(exist_ok=True)
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    return subprocess.run([sys.executable, str(REPO / "vm-scripts" / "ops_helpers.py"), "launch",
+                           str(tmp_path / "batch.json"), model["name"], "1", str(shared_root)],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the VM side runs on Linux")
+def test_launch_becomes_the_model_with_its_arguments_environment_and_shared_link(tmp_path):
+    (tmp_path / "shared" / "records").mkdir(parents=True)
+    (tmp_path / "shared" / "records" / "gm1.txt").write_text("0.1\n")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "probe.py").write_text(
+        "import json, os, sys\n"
+        "print(json.dumps({'argv': sys.argv, 'tag': os.environ.get('TAG'), 'shared': os.environ['OPS_HPC_SHARED'],"
+        " 'gm1': open('lib/gm1.txt').read(), 'pid': os.getpid()}))\n")
+    model = {"name": "m/r1", "main": "probe.py", "args": ["-title", "two words"], "env": {"TAG": "x y"},
+             "shared": "records", "shared_link": "lib"}
+    done = _launch(tmp_path, model, shared_root=tmp_path / "shared")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["argv"] == ["probe.py", "-title", "two words"] and out["tag"] == "x y"
+    assert out["shared"] == str(tmp_path / "shared" / "records") and out["gm1"] == "0.1\n"
+    assert (tmp_path / "model" / "lib").is_symlink()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the VM side runs on Linux")
+def test_launch_fails_the_model_in_one_line_when_its_shared_folder_was_not_fetched(tmp_path):
+    done = _launch(tmp_path, {"name": "m", "main": "main.tcl", "shared": "records", "shared_link": "records"},
+                   shared_root=tmp_path / "nothing")
+    assert done.returncode != 0 and done.stderr.strip() == (
+        "ops-hpc: the shared folder records was not fetched onto this VM (see the VM log)")
