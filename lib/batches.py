@@ -89,7 +89,8 @@ def parse_batch(path: str | Path) -> Batch:
         try:
             tokens = shlex.split(text, posix=True)
         except ValueError as exc:
-            problems.append(f"{where}: {exc}")
+            problems.append(f"{where}: {str(exc).lower()}; balance the quotes on the line "
+                            "(a value with spaces in double quotes: args=\"-title 'a b'\")")
             continue
         folder_text, options = tokens[0], {}
         bad = False

@@ -70,6 +70,13 @@ def test_args_reach_the_model_entry_after_the_line_is_parsed(tmp_path):
     assert model.name == "m" and model.args == ("-scale", "1.5", "-title", "two words") and model.group == ""
 
 
+def test_unbalanced_quotes_on_the_line_itself_say_what_to_do(tmp_path):
+    _model(tmp_path / "m")
+    (problem,) = _problems(_batch(tmp_path, ["m args=\"-a b"]))
+    assert problem == (f"{tmp_path / 'batch.txt'}:1: no closing quotation; balance the quotes on the line "
+                       "(a value with spaces in double quotes: args=\"-title 'a b'\")")
+
+
 def test_bad_args_name_the_batch_line(tmp_path):
     _model(tmp_path / "m")
     problems = _problems(_batch(tmp_path, ["m", "m name=x args=\"-a 'b\""]))
