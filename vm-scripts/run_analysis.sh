@@ -139,7 +139,7 @@ run_model() {
   MSTATE[$name]="running"
   publish_status
   rm -rf "$dir"
-  mkdir -p "$dir" "$(dirname "$WORK/$name")"  # a sweep's run MODEL/ROW keeps its files under WORK/MODEL/
+  mkdir -p "$dir"
   ops_log "model ${CURRENT}/${#NAMES[@]} ${name}: downloading"
   t0=$(ops_epoch)
   started=$(ops_now)
@@ -191,6 +191,17 @@ run_model() {
     STRANDED+=("$name")
     ops_log "model ${name}: result upload FAILED; it stays at ${WORK}/${name}.zip"
   }
+}
+
+sweep_folders() {
+  # A sweep's runs are named MODEL/ROW, so every file this script keys by model name (WORK/NAME.zip, the
+  # model folder, and the per-model marks under phase/, claim/, ready/ when models run concurrently) sits one
+  # folder deeper: make those folders once, before any model starts.
+  local name sub
+  for name in "${NAMES[@]}"; do
+    [ "${name%/*}" = "$name" ] && continue
+    for sub in "" models/ phase/ claim/ ready/; do mkdir -p "$WORK/${sub}${name%/*}"; done
+  done
 }
 
 fetch_shared() {
@@ -267,6 +278,7 @@ while IFS=$'\t' read -r name _; do
 done < "$WORK/models.tsv"
 [ "${#NAMES[@]}" -gt 0 ] || { ERROR="no models to run (subset: ${SUBSET:-all})"; ops_log "$ERROR"; finish error; }
 STATE="running"
+sweep_folders
 fetch_shared
 
 while IFS=$'\t' read -r -u 3 name main cores secs zip crc; do
