@@ -150,7 +150,8 @@ def parse_batch(path: str | Path) -> Batch:
         except parametric.ParamError as exc:
             problems.append(f"{where}: {exc}")
             continue
-        model = Model(name, folder, main, numbers["cores"], numbers["timeout"], number, more.args, (), more.shared)
+        model = Model(name, folder, main, numbers["cores"], numbers["timeout"], number, args=more.args,
+                      shared=more.shared)
         models += [model] if more.runs is None else [
             dataclasses.replace(model, name=f"{name}/{r.name}", args=more.args + r.args, env=r.env, group=name)
             for r in more.runs]
