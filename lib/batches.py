@@ -1,14 +1,15 @@
 """Batch files: which models to run, one per line.
 
     # comment
-    FOLDER [main=main.tcl] [cores=1] [timeout=60] [name=NAME]
+    FOLDER [main=main.tcl] [cores=1] [timeout=60] [name=NAME] [args="..."] [sweep=TABLE.csv] [shared=FOLDER]
 
 FOLDER is relative to the batch file's folder (its *base*) and must stay inside
 it, or an absolute folder (`D:\\FEM\\wall_test` on Windows, `/data/wall_test`
 elsewhere); quote it if it holds spaces. Files written on Windows read as they are:
 backslash paths, UTF-8 with or without a BOM, UTF-16 (PowerShell 5's `>`) and UTF-32. `cores` is what OpenSeesMP gets (1 = sequential
 OpenSees), `timeout` is minutes, `name` defaults to the folder's name and names
-the result set. Every bad line is reported with file and line number before
+the result set; `main=*.py` runs with the VM's Python and OpenSeesPy. `args`, `sweep` and `shared`
+(parametric runs, one entry per sweep row named MODEL/ROW) are lib/parametric.py's. Every bad line is reported with file and line number before
 anything is uploaded or created, all of them at once, so a user fixes the file in
 one go.
 """
@@ -16,6 +17,7 @@ one go.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import os
 import re
 import shlex
@@ -24,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 from typing import TypeVar
 
+from lib import parametric
 from lib.errors import UsageError
 
 DEFAULTS = {"main": "main.tcl", "cores": "1", "timeout": "60"}
-KEYS = ("main", "cores", "timeout", "name")
+KEYS = ("main", "cores", "timeout", "name", *parametric.KEYS)
 NAME_RX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 T = TypeVar("T")
 
@@ -49,6 +52,10 @@ class Model:
     cores: int
     timeout_min: int
     line: int
+    args: tuple[str, ...] = ()  # after the main script: Tcl's $argv, Python's sys.argv[1:]
+    env: tuple[tuple[str, str], ...] = ()
+    shared: Path | None = None  # a folder staged once per run, linked read-only into the model's folder
+    group: str = ""  # a sweep's line name: its rows (MODEL/ROW) share the line's staged zip
 
     def to_json(self) -> dict:
         return {"name": self.name, "main": self.main, "cores": self.cores, "timeout_min": self.timeout_min}
@@ -83,7 +90,8 @@ def parse_batch(path: str | Path) -> Batch:
         try:
             tokens = split_line(text)
         except ValueError as exc:
-            problems.append(f"{where}: {exc}")
+            problems.append(f"{where}: {str(exc).lower()}; balance the quotes on the line "
+                            "(a value with spaces in double quotes: args=\"-title 'a b'\")")
             continue
         folder_text, options = tokens[0], {}
         bad = False
@@ -142,7 +150,16 @@ def parse_batch(path: str | Path) -> Batch:
             problems.append(f"{where}: duplicate model name {name!r} (first on line {seen[name.lower()]}; set name=...)")
             continue
         seen[name.lower()] = number
-        models.append(Model(name, folder, main, numbers["cores"], numbers["timeout"], number))
+        try:
+            more = parametric.expand(values, base, folder)
+        except parametric.ParamError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        model = Model(name, folder, main, numbers["cores"], numbers["timeout"], number, args=more.args,
+                      shared=more.shared)
+        models += [model] if more.runs is None else [
+            dataclasses.replace(model, name=f"{name}/{r.name}", args=more.args + r.args, env=r.env, group=name)
+            for r in more.runs]
     if problems:
         raise BatchError(problems)
     if not models:
