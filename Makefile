@@ -63,8 +63,8 @@ build: venv  ## build the opensees-hpc image
 	$(INVOKE) build
 run: venv  ## run JOBS over ssh with deadlines
 	$(INVOKE) run.jobs --jobs $(JOBS)
-run-staged: venv  ## stage BATCH, launch a self-deleting VM (WAIT=1 to follow and pull, RERUN=RUN its unfinished models, RETRIES=N)
-	$(INVOKE) run-staged --batch $(BATCH) $(if $(WAIT),--wait) $(if $(VMS),--vms $(VMS)) $(if $(SPOT),--spot) $(if $(RERUN),--rerun $(RERUN)) $(if $(RETRIES),--retries $(RETRIES))
+run-staged: venv  ## stage BATCH, launch self-deleting VM(s) (WAIT=1 follow+pull, RERUN=RUN, MACHINE=T|auto, DRY_RUN=1 plan+cost, YES=1, RETRIES=N)
+	$(INVOKE) run-staged --batch $(BATCH) $(if $(WAIT),--wait) $(if $(VMS),--vms $(VMS)) $(if $(SPOT),--spot) $(if $(RERUN),--rerun $(RERUN)) $(if $(MACHINE),--machine-type $(MACHINE)) $(if $(DRY_RUN),--dry-run) $(if $(JSON),--json) $(if $(YES),--yes) $(if $(RETRIES),--retries $(RETRIES))
 stage: venv  ## zip and upload BATCH's models
 	$(PYTHON) bin/stage $(BATCH)
 pull: venv  ## download, verify and clean every result set into DIR (LIST=1 only lists, SET=ID one set)
@@ -73,8 +73,8 @@ watch: venv  ## keep pulling every INTERVAL seconds until Ctrl+C
 	$(PYTHON) bin/pull --yes --watch --interval $(INTERVAL) --dir $(DIR)
 verify: venv  ## re-check DIR against GCS or the manifests
 	$(PYTHON) bin/verify --dir $(DIR)
-status: venv  ## image, VMs, bucket and costs
-	$(INVOKE) status
+status: venv  ## image, VMs, bucket and costs (USAGE=1 30 days per VM and run, JSON=1 or CSV=1)
+	$(INVOKE) status $(if $(USAGE),--usage) $(if $(JSON),--json) $(if $(CSV),--csv)
 setup: venv  ## check credentials, APIs, bucket, permissions and quota
 	$(INVOKE) setup
 cleanup: venv  ## delete every ops-hpc VM and wipe the bucket (asks first)

@@ -2,30 +2,39 @@
 
     # comment
     #cores N      (optional header: the usable cores of the VM, overriding lib/packing.usable_cores' rule)
-    FOLDER [main=main.tcl] [cores=1] [timeout=60] [name=NAME] [mem=GB] [retries=N]
+    FOLDER [main=main.tcl] [cores=1] [timeout=60] [name=NAME] [args="..."] [sweep=TABLE.csv] [shared=FOLDER]
+           [mem=GB] [retries=N]
 
 FOLDER is relative to the batch file's folder (its *base*) and must stay inside
-it; quote it if it holds spaces. `cores` is what OpenSeesMP gets (1 = sequential
+it, or an absolute folder (`D:\\FEM\\wall_test` on Windows, `/data/wall_test`
+elsewhere); quote it if it holds spaces. Files written on Windows read as they are:
+backslash paths, UTF-8 with or without a BOM, UTF-16 (PowerShell 5's `>`) and UTF-32. `cores` is what OpenSeesMP gets (1 = sequential
 OpenSees), `timeout` is minutes, `name` defaults to the folder's name and names
-the result set. `mem` (GB, optional) is packed against the VM's memory like `cores` against its cores;
-`retries` re-runs a model that failed (not one that timed out) up to N times. Every bad line is reported with file and line number before
+the result set; `main=*.py` runs with the VM's Python and OpenSeesPy. `args`, `sweep` and `shared`
+(parametric runs, one entry per sweep row named MODEL/ROW) are lib/parametric.py's. `mem` (GB, optional)
+is packed against the VM's memory like `cores` against its cores; `retries` re-runs a model that failed
+(not one that timed out) up to N times. Every bad line is reported with file and line number before
 anything is uploaded or created, all of them at once, so a user fixes the file in
 one go.
 """
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
+import os
 import re
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import TypeVar
 
+from lib import parametric
 from lib.errors import UsageError
 
 DEFAULTS = {"main": "main.tcl", "cores": "1", "timeout": "60"}
-KEYS = ("main", "cores", "timeout", "name", "mem", "retries")
+KEYS = ("main", "cores", "timeout", "name", *parametric.KEYS, "mem", "retries")
 CORES_HEADER_RX = re.compile(r"#\s*cores\s+(\S+)\s*")
 NAME_RX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 T = TypeVar("T")
@@ -48,6 +57,10 @@ class Model:
     cores: int
     timeout_min: int
     line: int
+    args: tuple[str, ...] = ()  # after the main script: Tcl's $argv, Python's sys.argv[1:]
+    env: tuple[tuple[str, str], ...] = ()
+    shared: Path | None = None  # a folder staged once per run, linked read-only into the model's folder
+    group: str = ""  # a sweep's line name: its rows (MODEL/ROW) share the line's staged zip
     mem_gb: float = 0.0
     retries: int | None = None  # None: not set on the line (run-staged's --retries applies)
 
@@ -74,10 +87,7 @@ def parse_batch(path: str | Path) -> Batch:
     if not path.is_file():
         raise UsageError(f"batch file {path} does not exist")
     base = path.resolve().parent
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not a text file (expected UTF-8)") from None
+    lines = read_text(path).splitlines()
     problems: list[str] = []
     models: list[Model] = []
     seen: dict[str, int] = {}
@@ -94,9 +104,10 @@ def parse_batch(path: str | Path) -> Batch:
         if not text:
             continue
         try:
-            tokens = shlex.split(text, posix=True)
+            tokens = split_line(text)
         except ValueError as exc:
-            problems.append(f"{where}: {exc}")
+            problems.append(f"{where}: {str(exc).lower()}; balance the quotes on the line "
+                            "(a value with spaces in double quotes: args=\"-title 'a b'\")")
             continue
         folder_text, options = tokens[0], {}
         bad = False
@@ -111,11 +122,15 @@ def parse_batch(path: str | Path) -> Batch:
             continue
         values = {**DEFAULTS, **options}
         try:
-            folder = (base / folder_text).resolve()
+            native, absolute = folder_spec(folder_text)
+            folder = (base / native).resolve()
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
         except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError on Python < 3.13)
             problems.append(f"{where}: folder {folder_text!r} cannot be resolved ({exc})")
             continue
-        if folder != base and base not in folder.parents:
+        if not absolute and folder != base and base not in folder.parents:
             problems.append(f"{where}: folder {folder_text!r} is outside the batch's base {base}")
             continue
         if not folder.is_dir():
@@ -165,10 +180,20 @@ def parse_batch(path: str | Path) -> Batch:
             problems.append(f"{where}: duplicate model name {name!r} (first on line {seen[name.lower()]}; set name=...)")
             continue
         seen[name.lower()] = number
-        models.append(Model(name, folder, main, numbers["cores"], numbers["timeout"], number, **extra))
+        try:
+            more = parametric.expand(values, base, folder)
+        except parametric.ParamError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        model = Model(name, folder, main, numbers["cores"], numbers["timeout"], number, args=more.args,
+                      shared=more.shared, **extra)
+        models += [model] if more.runs is None else [
+            dataclasses.replace(model, name=f"{name}/{r.name}", args=more.args + r.args, env=r.env, group=name)
+            for r in more.runs]
     if header_cores is not None:
-        problems += [f"{path}:{m.line}: cores={m.cores} is more than the batch's #cores {header_cores}"
-                     for m in models if m.cores > header_cores]
+        wide = {m.line: m.cores for m in models if m.cores > header_cores}  # a sweep's rows share their line
+        problems += [f"{path}:{line}: cores={cores} is more than the batch's #cores {header_cores}"
+                     for line, cores in sorted(wide.items())]
     if problems:
         raise BatchError(problems)
     if not models:
@@ -182,6 +207,45 @@ def _whole(text: str, minimum: int = 1) -> int | None:
     except ValueError:
         return None
     return value if value >= minimum else None
+
+
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # UTF-32 LE's BOM starts like UTF-16 LE's
+
+
+def read_text(path: Path) -> str:
+    """A batch file's text by its byte-order mark (Notepad's UTF-8 BOM, PowerShell 5's UTF-16), else UTF-8."""
+    data = path.read_bytes()
+    encoding = next((name for bom, name in BOMS if data.startswith(bom)), None)
+    if encoding is None and b"\x00" in data:  # no UTF-8 text has NULs: UTF-16 without a BOM (mostly ASCII)
+        encoding = "utf-16-le" if data[1::2].count(0) >= data[0::2].count(0) else "utf-16-be"
+    try:
+        return data.decode(encoding or "utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a text file (expected UTF-8 or UTF-16; save it as UTF-8)") from None
+
+
+def split_line(text: str) -> list[str]:
+    """Words of a line as a shell splits them, except that a backslash is a path separator, never an escape."""
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split, lexer.commenters, lexer.escape = True, "", ""
+    return list(lexer)
+
+
+def folder_spec(text: str, *, windows: bool | None = None) -> tuple[str, bool]:
+    """(the folder in this OS's form, whether it is absolute): `models\\wall_test` works on Linux too.
+
+    A Windows drive or UNC path on another OS cannot name a folder there: ValueError says so.
+    """
+    windows = os.name == "nt" if windows is None else windows
+    win = PureWindowsPath(text)
+    if windows:
+        return text, win.is_absolute()
+    if win.drive:
+        raise ValueError(f"folder {text!r} is a Windows path: on this machine name the folder relative to the batch "
+                         "file or as an absolute path like /data/wall_test")
+    posix = text.replace("\\", "/")
+    return posix, posix.startswith("/")
 
 
 def _link_inside(link: Path, folder: Path) -> bool:

@@ -88,15 +88,26 @@ _MACHINE = _check(
     r"|([a-z][a-z0-9]*-)?custom-[0-9]+-[0-9]+(-ext)?)",
     "expected a machine type like h3-standard-88 or n2-custom-8-32768",
 )
+DEFAULT_MACHINE_TYPES = ("e2-standard-2,e2-standard-4,e2-standard-8,e2-standard-16,e2-standard-32,c2d-standard-56,"
+                         "c2d-standard-112,h3-standard-88")
+
+
+def _machine_list(value: str) -> str | None:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    bad = [n for n in names if _MACHINE(n)]
+    return f"{', '.join(repr(n) for n in bad)}: expected machine types like e2-standard-2" if bad else None
+
+
 _BACKEND = _check(r"local|gcp", "expected 'local' or 'gcp'")
 _ENDPOINT = _check(r"(https?://[^\s/]+(/\S*)?)?", "expected an http(s):// URL or nothing")
 _NAME = _check(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", "expected a lowercase resource name")
 
 
 def _opt(check: Callable[[str], str | None] | None, default: Any = "", doc: str = "", *,
-         minimum: float | None = None) -> Any:
-    """A setting; `minimum` for numbers whose smaller values would make a safety net fire early."""
-    return field(default=default, metadata={"check": check, "doc": doc, "minimum": minimum})
+         minimum: float | None = None, as_list: bool = False) -> Any:
+    """A setting; `minimum` for numbers whose smaller values would make a safety net fire early; `as_list`:
+    text that a TOML list of strings may give too (kept comma-separated)."""
+    return field(default=default, metadata={"check": check, "doc": doc, "minimum": minimum, "list": as_list})
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,9 @@ class Config:
     build_image_project: str = _opt(None, "cloud-hpc-image-public")
     build_machine_type: str = _opt(_MACHINE, "c2d-standard-32")
     machine_type: str = _opt(_MACHINE, "h3-standard-88", "analysis VMs")
+    machine_types: str = _opt(_machine_list, DEFAULT_MACHINE_TYPES, "what --machine-type auto chooses from "
+                              "(a TOML list, or comma-separated)", as_list=True)
+    confirm_above_usd: float = _opt(None, 20.0, "a run whose worst-case cost is above this asks first (--yes)")
     spot: bool = _opt(None, False, "spot VMs only when asked: preemption loses work")
     disk_size_gb: int = _opt(None, 200)
     service_account: str = _opt(None, "", "defaults to the project's compute service account")
@@ -139,6 +153,10 @@ class Config:
     @property
     def region_name(self) -> str:
         return self.region or self.zone.rsplit("-", 1)[0]
+
+    @property
+    def machine_type_list(self) -> list[str]:
+        return [n.strip() for n in self.machine_types.split(",") if n.strip()]
 
     @property
     def bucket_name(self) -> str:
@@ -342,6 +360,8 @@ def _coerce(cls: type[Config], name: str, value: Any, source: str) -> Any:
             raise ConfigError(f"{where}: expected at least {minimum:g} (less would delete VMs before their "
                               "results are safe)")
         return number
+    if spec.metadata.get("list") and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)  # a TOML list of names
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected text")
     value = value.strip()

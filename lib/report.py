@@ -61,14 +61,27 @@ def latest_run(results_dir: Path) -> str:
     """The run folder in `results_dir` whose newest model manifest is the newest (for `bin/report` without RUN)."""
     best: tuple[float, str] | None = None
     for run in _subfolders(Path(results_dir)):
-        stamps = [(m / manifest.NAME).stat().st_mtime for m in _subfolders(run)
-                  if (m / manifest.NAME).is_file()]
+        stamps = [(run / m / manifest.NAME).stat().st_mtime for m in _model_names(run)
+                  if (run / m / manifest.NAME).is_file()]
         if stamps and (best is None or max(stamps) > best[0]):
             best = (max(stamps), run.name)
     if best is None:
         raise UsageError(f"no pulled run in {results_dir} (a folder RUN/MODEL/ with a MANIFEST.json); "
                          "pull one first (make pull, or make demo)")
     return best[1]
+
+
+def _model_names(run: Path) -> list[str]:
+    """The result folders of a run: MODEL, or MODEL/ROW for each run of a sweep (a folder without a manifest
+    whose subfolders have one)."""
+    out = []
+    for folder in _subfolders(run):
+        rows = [r for r in _subfolders(folder) if (r / manifest.NAME).is_file()]
+        if rows and not (folder / manifest.NAME).is_file():
+            out += [f"{folder.name}/{r.name}" for r in rows]
+        else:
+            out.append(folder.name)
+    return out
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -96,7 +109,7 @@ def write_report(results_dir: Path, run_id: str, *, rows: Iterable[dict[str, Any
         raise UsageError(f"{run} is not a folder: no pulled results for run {run_id!r}")
     wanted = _pairs(plots_by_model or {})
     known = _known_rows(run, rows)
-    names = sorted({p.name for p in _subfolders(run)} | set(known))
+    names = sorted(set(_model_names(run)) | set(known))
     staging = run / f"{REPORT_DIR}.new"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()

@@ -5,20 +5,25 @@ Both carry the state folder and the config file explicitly: a scheduled job star
 current folder. On Windows the job is a generated `.pyw` in the state folder, run by pythonw.exe:
 the `/TR` action stays short (schtasks rejects more than 261 characters), no console window flashes,
 and output goes to the log file from the first line on (pythonw has no stdout/stderr, so logging set
-up before a redirect would fail with "Logging error" tracebacks).
+up before a redirect would fail with "Logging error" tracebacks). Installing again replaces the entry:
+schtasks by /F, cron by swapping the line that logs to the same state folder's sweep.log.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path, PureWindowsPath
+from typing import Any
 
 from lib import paths
 from lib.config import Config
-from lib.errors import UsageError
+from lib.errors import OpsError, UsageError
+from lib.log import Log, quiet
 
 TR_LIMIT = 261  # schtasks /TR: longer actions are rejected
 LOG_FILE = "sweep.log"
@@ -42,7 +47,26 @@ def cron_line(cfg: Config, config_file: Path | None, *, python: str | None = Non
     """The crontab line: every 5 minutes, appending to STATE/sweep.log; works from any folder."""
     py = python or sys.executable
     command = shlex.join([py, *sweep_argv(cfg, config_file)])
-    return f"*/5 * * * * {command} >> {shlex.quote(str(cfg.state_path / LOG_FILE))} 2>&1"
+    line = f"*/5 * * * * {command} >> {_log_target(cfg)} 2>&1"
+    return line.replace("%", "\\%")  # cron turns a bare % into a newline
+
+
+def _log_target(cfg: Config) -> str:
+    return shlex.quote(str(cfg.state_path / LOG_FILE))
+
+
+def is_sweep_line(line: str, cfg: Config) -> bool:
+    """Whether a crontab line is a sweep of this state folder (this version's form or an earlier one)."""
+    text = line.strip()
+    target = _log_target(cfg).replace("%", "\\%")
+    return bool(text) and not text.startswith("#") and "sweep" in text and f">> {target} " in text + " "
+
+
+def merged_crontab(existing: str, line: str, cfg: Config) -> tuple[str, int]:
+    """The crontab with `line` as the one sweep of this state folder: (new text, earlier sweep lines dropped)."""
+    kept = [row for row in existing.splitlines() if not is_sweep_line(row, cfg)]
+    dropped = len(existing.splitlines()) - len(kept)
+    return "\n".join([*kept, line]) + "\n", dropped
 
 
 def task_script(cfg: Config, config_file: Path | None, extra: Sequence[str] = ()) -> str:
@@ -86,3 +110,55 @@ def schtasks_command(cfg: Config, script: Path, *, python: str | None = None) ->
         raise UsageError(f"the Task Scheduler action is {len(action)} characters, over schtasks' {TR_LIMIT}: "
                          "choose a shorter state folder (OPS_HPC_STATE_DIR) or Python location")
     return ["schtasks", "/Create", "/SC", "MINUTE", "/MO", "5", "/TN", TASK_NAME, "/TR", action, "/F"]
+
+
+def schtasks_line(argv: Sequence[str]) -> str:
+    """A schtasks argv as one line to paste into cmd.exe (the quotes inside /TR escaped as \\")."""
+    tr = argv[list(argv).index("/TR") + 1].replace('"', '\\"')
+    return " ".join(argv[:-2]) + f' "{tr}" /F'
+
+
+def install(cfg: Config, config_file: Path | None, *, yes: bool = False, windows: bool | None = None,
+            crontab: str | None = None, on_log: Log = quiet) -> dict[str, Any]:
+    """Print the schedule entry; with yes=True install it, replacing an earlier one (never a second entry)."""
+    windows = (os.name == "nt") if windows is None else windows
+    unseen = sorted(k for k in os.environ if k.startswith("OPS_HPC_") and k not in ("OPS_HPC_STATE_DIR", "OPS_HPC_CONFIG"))
+    if unseen:
+        on_log(f"note: the scheduler will not see {', '.join(unseen)}: put those settings in the config file")
+    if windows:
+        script = write_task_script(cfg, config_file)
+        argv = schtasks_command(cfg, script)
+        line = schtasks_line(argv)
+        on_log(line)
+        if not yes:
+            on_log(f"(not installed: rerun with --yes to create the task; it runs {script})")
+            return {"line": line, "installed": False, "script": str(script)}
+        _run(argv)
+        on_log(f"installed Task Scheduler task {TASK_NAME} (every 5 minutes; log {cfg.state_path / LOG_FILE})")
+        return {"line": line, "installed": True, "script": str(script)}
+    line = cron_line(cfg, config_file)
+    on_log(line)
+    if not yes:
+        on_log("(not installed: rerun with --yes to add it to your crontab)")
+        return {"line": line, "installed": False}
+    command = crontab or shutil.which("crontab")
+    if command is None:
+        raise OpsError("no `crontab` command on this machine: add the line above to your scheduler by hand")
+    current = subprocess.run([command, "-l"], capture_output=True, text=True)
+    existing = current.stdout if current.returncode == 0 else ""  # `crontab -l` fails when there is none yet
+    if [row for row in existing.splitlines() if is_sweep_line(row, cfg)] == [line]:
+        on_log("already installed in your crontab")
+        return {"line": line, "installed": False, "already": True}
+    new, dropped = merged_crontab(existing, line, cfg)
+    _run([command, "-"], new)
+    on_log(f"installed in your crontab (every 5 minutes){f'; replaced {dropped} earlier line(s)' if dropped else ''}")
+    return {"line": line, "installed": True, "replaced": dropped}
+
+
+def _run(argv: Sequence[str], stdin: str | None = None) -> None:
+    try:
+        proc = subprocess.run(list(argv), input=stdin, capture_output=True, text=True)
+    except OSError as exc:
+        raise OpsError(f"installing the schedule failed: {argv[0]}: {exc.strerror or exc}") from None
+    if proc.returncode:
+        raise OpsError(f"installing the schedule failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")

@@ -139,9 +139,14 @@ def _popen(cfg: Config, name: str, command: str) -> subprocess.Popen:
         info = local_vm(cfg, name)
         if info.get("status") != "RUNNING" or not info.get("metadata_host"):
             raise SshConnectionError(f"VM {name} is {info.get('status')}: ssh: connect to host {name}: Connection refused")
-        session: dict[str, Any] = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
-                                   else {"start_new_session": True})
-        return subprocess.Popen(["bash", "-c", command], cwd=info["disk"], env=_local_env(info), **common, **session)
+        from lib.localcloud import LocalCloudError, winshell
+
+        try:
+            bash = winshell.shell()  # Git Bash on Windows, never System32's WSL launcher
+        except LocalCloudError as exc:
+            raise OpsError(str(exc)) from None
+        return subprocess.Popen([*bash, "-c", command], cwd=info["disk"], env=_local_env(info), **common,
+                                **winshell.session_kwargs())
     cfg = cfg.require_project()
     return subprocess.Popen(ssh_argv(cfg, name, command, gcloud=gcloud_executable()), **common)
 

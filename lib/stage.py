@@ -1,10 +1,13 @@
 """Staging: zip each model folder of a batch and upload it, with the batch description, under `_uploads/RUN_ID/`.
 
 Bucket layout written here (agreed with vm-scripts/run_analysis.sh and bin/pull):
-  _uploads/RUN_ID/MODEL.zip            the model folder, deterministic zip (same files -> same bytes)
+  _uploads/RUN_ID/MODEL.zip            the model folder, deterministic zip (same files -> same bytes); the
+                                       rows of a sweep (MODEL/ROW) share their line's zip
+  _uploads/RUN_ID/shared/KEY.zip       a `shared=` folder, once per run however many models use it
   _uploads/RUN_ID/vm-scripts/*.sh      the VM code this run executes (startup.sh fetches it)
   _uploads/RUN_ID/batch.json           written last: {"format": 1, "run_id", "batch", "created",
-                                       "models": [{name, main, cores, timeout_min, zip, crc32c, size, files}]}
+                                       "models": [{name, main, cores, timeout_min, zip, crc32c, size, files,
+                                       [args], [env], [shared, shared_link]}], ["shared": {KEY: {zip, crc32c, ...}}]}
 
 Zips are deterministic (sorted members, fixed timestamps) and uploads are skipped when an object with
 the same CRC32C is already there, so staging the same batch into the same run twice uploads nothing
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib import paths, storage
+from lib import parametric, paths, storage
 from lib.batches import Batch, Model
 from lib.config import Config
 from lib.log import Log, quiet
@@ -80,7 +83,12 @@ def _file_inside(link: Path, root: Path) -> bool:
 
 def zip_model(model: Model, dest: Path) -> int:
     """Write the model folder as a deterministic zip at `dest`; returns the number of files."""
-    files = model_files(model.folder)
+    return zip_folder(model.folder, dest)
+
+
+def zip_folder(folder: Path, dest: Path) -> int:
+    """Write a folder (a model's, or a shared one) as a deterministic zip at `dest`; returns the number of files."""
+    files = model_files(folder)
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
         for rel, path in files:
             info = zipfile.ZipInfo(rel, ZIP_DATE)
@@ -104,19 +112,37 @@ class StagedModel:
     crc32c: str = ""
     size: int = 0
     files: int = 0
-    mem_gb: float = 0.0
-    retries: int = 0
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    shared: str = ""  # key of batch.json's "shared" table
+    shared_link: str = ""  # the name the shared folder has inside the model's folder on the VM
+    mem_gb: float = 0.0  # packed against the VM's memory (lib/packing.py)
+    retries: int = 0  # re-runs of a failed model on its VM
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "main": self.main, "cores": self.cores, "timeout_min": self.timeout_min,
-                "zip": self.zip, "crc32c": self.crc32c, "size": self.size, "files": self.files,
-                "mem_gb": self.mem_gb, "retries": self.retries}
+        out: dict[str, Any] = {"name": self.name, "main": self.main, "cores": self.cores,
+                               "timeout_min": self.timeout_min, "zip": self.zip, "crc32c": self.crc32c,
+                               "size": self.size, "files": self.files}
+        if self.args:
+            out["args"] = list(self.args)
+        if self.env:
+            out["env"] = dict(self.env)
+        if self.shared:
+            out.update(shared=self.shared, shared_link=self.shared_link)
+        if self.mem_gb:
+            out["mem_gb"] = self.mem_gb
+        if self.retries:
+            out["retries"] = self.retries
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StagedModel:
         return cls(name=str(data["name"]), main=str(data.get("main", "main.tcl")), cores=int(data.get("cores", 1)),
                    timeout_min=int(data["timeout_min"]), zip=str(data.get("zip", "")),
                    crc32c=str(data.get("crc32c", "")), size=int(data.get("size", 0)), files=int(data.get("files", 0)),
+                   args=tuple(str(a) for a in data.get("args", ())),
+                   env=tuple((str(k), str(v)) for k, v in dict(data.get("env", {})).items()),
+                   shared=str(data.get("shared", "")), shared_link=str(data.get("shared_link", "")),
                    mem_gb=float(data.get("mem_gb") or 0), retries=int(data.get("retries") or 0))
 
 
@@ -147,6 +173,14 @@ def _upload(cfg: Config, path: Path, name: str, content_type: str, staged: Stage
     return crc
 
 
+def _stage_folder(cfg: Config, folder: Path, tmp: Path, name: str, staged: Staged) -> tuple[str, str, int, int]:
+    """Zip a folder and upload it as `name` (unless identical); returns (object, crc32c, size, files)."""
+    zpath = tmp / f"{len(staged.uploaded) + len(staged.unchanged)}.zip"
+    count = zip_folder(folder, zpath)
+    crc = _upload(cfg, zpath, name, "application/zip", staged)
+    return name, crc, zpath.stat().st_size, count
+
+
 def stage(cfg: Config, batch: Batch, *, run_id: str | None = None, retries: int = 0, on_log: Log = quiet) -> Staged:
     """Zip and upload every model of `batch` (and the VM scripts) under _uploads/RUN_ID/; batch.json last.
 
@@ -157,22 +191,35 @@ def stage(cfg: Config, batch: Batch, *, run_id: str | None = None, retries: int 
     staged = Staged(run_id=run_id, bucket=cfg.bucket_name, description={})
     base = prefix(run_id)
     models: list[dict[str, Any]] = []
+    keys = parametric.shared_keys([m.shared for m in batch.models if m.shared is not None])
+    zips: dict[str, tuple[str, str, int, int]] = {}  # zip key -> (object, crc32c, size, files): each staged once
     with tempfile.TemporaryDirectory(prefix="ops-hpc-stage-") as tmp:
+        for folder, key in keys.items():
+            zips[f"shared/{key}"] = _stage_folder(cfg, folder, Path(tmp), f"{base}shared/{key}.zip", staged)
+            on_log(f"staged shared folder {folder.name}: {zips[f'shared/{key}'][3]} file(s) -> "
+                   f"gs://{cfg.bucket_name}/{base}shared/{key}.zip (once for every model using it)")
         for model in batch.models:
-            zpath = Path(tmp) / f"{model.name}.zip"
-            count = zip_model(model, zpath)
-            name = f"{base}{model.name}.zip"
-            crc = _upload(cfg, zpath, name, "application/zip", staged)
-            size = zpath.stat().st_size
-            on_log(f"staged {model.name}: {count} file(s), {size} bytes -> gs://{cfg.bucket_name}/{name}")
-            models.append(StagedModel(model.name, model.main, model.cores, model.timeout_min, name, crc, size,
-                                      count, model.mem_gb, retries if model.retries is None else model.retries
-                                      ).to_json())
+            group = model.group or model.name
+            if group not in zips:
+                zips[group] = _stage_folder(cfg, model.folder, Path(tmp), f"{base}{group}.zip", staged)
+                on_log(f"staged {group}: {zips[group][3]} file(s), {zips[group][2]} bytes -> "
+                       f"gs://{cfg.bucket_name}/{zips[group][0]}")
+            key = keys[model.shared] if model.shared is not None else ""
+            models.append(StagedModel(model.name, model.main, model.cores, model.timeout_min, *zips[group],
+                                      args=model.args, env=model.env, shared=key,
+                                      shared_link=model.shared.name if model.shared is not None else "",
+                                      mem_gb=model.mem_gb,
+                                      retries=retries if model.retries is None else model.retries).to_json())
         for script in paths.STAGED_SCRIPTS:
             kind = "text/x-python" if script.endswith(".py") else "text/x-shellscript"
             _upload(cfg, paths.vm_script(script), f"{base}vm-scripts/{script}", kind, staged)
     description = {"format": 1, "run_id": run_id, "batch": batch.path.name, "models": models,
-                   "vm_scripts": [f"{base}vm-scripts/{s}" for s in paths.STAGED_SCRIPTS], "cores": batch.cores}
+                   "vm_scripts": [f"{base}vm-scripts/{s}" for s in paths.STAGED_SCRIPTS]}
+    if batch.cores is not None:
+        description["cores"] = batch.cores  # the batch's `#cores N`: a rerun packs the same way
+    if keys:
+        description["shared"] = {k: dict(zip(("zip", "crc32c", "size", "files"), zips[f"shared/{k}"], strict=True))
+                                 for k in keys.values()}
     old = load_description(cfg, run_id)
     if old is not None and {k: v for k, v in old.items() if k != "created"} == description:
         staged.unchanged.append(f"{base}batch.json")

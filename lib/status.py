@@ -91,16 +91,22 @@ def usage(cfg: Config, *, days: int = 30, now: float | None = None) -> dict[str,
         known.update(SessionState(cfg).history())
     except OpsError:  # an unreadable state file: machine types of live VMs only
         pass
-    known.update({vm.name: {"machine_type": vm.machine_type, "spot": vm.spot}
-                  for vm in compute.list_vms(cfg, ours_only=False)})
+    for vm in compute.list_vms(cfg, ours_only=False):  # the run id as launched (history) beats its label value
+        known[vm.name] = {"run_id": vm.run_id, **known.get(vm.name, {}), "machine_type": vm.machine_type,
+                          "spot": vm.spot}
     per_vm: dict[str, dict[str, Any]] = {}
     for ts in series:
         name = ts.metric.labels.get("instance_name", ts.resource.labels.get("instance_id", "?"))
         seconds = sum(p.value.double_value or p.value.int64_value for p in ts.points)
         info = known.get(name, {})
-        machine = info.get("machine_type", "")
-        row = per_vm.setdefault(name, {"name": name, "machine_type": machine or "unknown", "spot": bool(info.get("spot")),
-                                       "seconds": 0.0, "hours": 0.0, "cost_usd": None})
+        # Monitoring's metadata says machine type and labels even when neither this PC nor Compute knows the VM
+        system = dict(ts.metadata.system_labels or {}) if ts.metadata else {}
+        labels = dict(ts.metadata.user_labels or {}) if ts.metadata else {}
+        machine = info.get("machine_type") or str(system.get("machine_type") or "")
+        run_id = info.get("run_id") or labels.get(compute.LABEL_RUN, "")
+        row = per_vm.setdefault(name, {"name": name, "run_id": run_id, "machine_type": machine or "unknown",
+                                       "spot": bool(info.get("spot")), "seconds": 0.0, "hours": 0.0,
+                                       "cost_usd": None})
         row["seconds"] += seconds
     total = 0.0
     for row in per_vm.values():
@@ -110,8 +116,47 @@ def usage(cfg: Config, *, days: int = 30, now: float | None = None) -> dict[str,
         if price is not None:
             row["cost_usd"] = round(price * row["seconds"] / 3600, 4)
             total += row["cost_usd"]
-    return {"days": days, "vms": sorted(per_vm.values(), key=lambda r: r["name"]), "total_usd": round(total, 2),
+    vm_list = sorted(per_vm.values(), key=lambda r: r["name"])
+    return {"days": days, "vms": vm_list, "runs": usage_by_run(vm_list), "total_usd": round(total, 2),
             "prices": pricing.note(cfg)}
+
+
+def usage_by_run(vms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-VM usage rows added up per run (VMs without a run label under run_id ''); unpriced VMs are counted."""
+    runs: dict[str, dict[str, Any]] = {}
+    for row in vms:
+        run = runs.setdefault(row.get("run_id", ""), {"run_id": row.get("run_id", ""), "vms": [], "seconds": 0.0,
+                                                      "hours": 0.0, "cost_usd": 0.0, "unpriced_vms": 0})
+        run["vms"].append(row["name"])
+        run["seconds"] = round(run["seconds"] + row["seconds"], 1)
+        run["hours"] = round(run["seconds"] / 3600, 4)
+        if row["cost_usd"] is None:
+            run["unpriced_vms"] += 1
+        else:
+            run["cost_usd"] = round(run["cost_usd"] + row["cost_usd"], 4)
+    return sorted(runs.values(), key=lambda r: r["run_id"])
+
+
+CSV_COLUMNS = ("level", "name", "run_id", "machine_type", "spot", "hours", "cost_usd", "note")
+
+
+def usage_csv(u: dict[str, Any]) -> str:
+    """`status --usage --csv`: one row per VM, per run and the total, for a spreadsheet."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in u["vms"]:
+        writer.writerow(["vm", r["name"], r.get("run_id", ""), r["machine_type"], str(r["spot"]).lower(), r["hours"],
+                         "" if r["cost_usd"] is None else r["cost_usd"], ""])
+    for r in u.get("runs", []):
+        note = f"{r['unpriced_vms']} VM(s) not in the price table" if r["unpriced_vms"] else ""
+        writer.writerow(["run", r["run_id"], r["run_id"], "", "", r["hours"], r["cost_usd"], note])
+    writer.writerow(["total", f"last {u['days']} days", "", "", "", round(sum(r["hours"] for r in u["vms"]), 4),
+                     u["total_usd"], u["prices"]])
+    return out.getvalue()
 
 
 def quarantine_state(cfg: Config, *, on_warn: Log = quiet) -> str:
@@ -194,6 +239,10 @@ def format_status(info: dict[str, Any]) -> list[str]:
             lines.append(f"  {r['name']}  {r['machine_type']}{' spot' if r['spot'] else ''}  {r['hours']:.2f} h  {cost}")
         if not u["vms"]:
             lines.append("  no uptime recorded")
+        for r in u.get("runs", []):
+            unpriced = f" (+{r['unpriced_vms']} VM(s) unpriced)" if r["unpriced_vms"] else ""
+            lines.append(f"  run {r['run_id'] or '(no run)'}: {len(r['vms'])} VM(s), {r['hours']:.2f} h, "
+                         f"{r['cost_usd']:.2f} USD{unpriced}")
     lines += [f"error: {e}" for e in info["errors"]]
     lines.append(info["prices"])
     return lines

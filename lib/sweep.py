@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from filelock import FileLock, Timeout
@@ -36,8 +34,6 @@ from lib.reconcile import ReconcileResult, reconcile
 from lib.state import SessionState
 
 LOCK_FILE = "sweep.lock"
-LOG_FILE = "sweep.log"
-TASK_NAME = "ops-hpc-sweep"
 
 
 def _zones(cfg: Config, on_warn: Log = quiet) -> list[str]:
@@ -188,76 +184,6 @@ def run_pull(cfg: Config, *, dry_run: bool = False, on_log: Log = quiet) -> dict
     for line in (proc.stdout + proc.stderr).strip().splitlines()[-20:]:
         on_log(f"pull: {line}")
     return {"ran": True, "code": proc.returncode, "command": cmd}
-
-
-# ----------------------------------------------------------------------------- scheduling
-
-
-def cron_line(repo: Path = paths.REPO, state_dir: Path | None = None, *, python: str | None = None) -> str:
-    """The crontab line: every 5 minutes, from the repo, appending to STATE/sweep.log."""
-    state = Path(state_dir) if state_dir else Path("~/.local/state/ops-hpc")
-    py = python or ".venv/bin/python"
-    return (f"*/5 * * * * cd {shlex.quote(str(repo))} && {py} bin/sweep "
-            f">> {shlex.quote(str(state / LOG_FILE))} 2>&1")
-
-
-def schtasks_command(repo: Path = paths.REPO, state_dir: Path | None = None) -> list[str]:
-    """The Task Scheduler command as argv: every 5 minutes, pythonw (no console window flashing) running
-    bin\\sweep, which appends to STATE\\sweep.log itself (no cmd.exe redirection to quote)."""
-    win = PureWindowsPath(repo)
-    state = str(PureWindowsPath(state_dir)) if state_dir else r"%LOCALAPPDATA%\ops-hpc"
-    py = str(win / ".venv" / "Scripts" / "pythonw.exe")
-    action = f'"{py}" "{win / "bin" / "sweep"}" --log "{state}\\{LOG_FILE}"'
-    if Path(str(win / "ops-hpc.toml")).exists():  # the task starts in System32: name the config file explicitly
-        action += f' --config "{win / "ops-hpc.toml"}"'
-    return ["schtasks", "/Create", "/SC", "MINUTE", "/MO", "5", "/TN", TASK_NAME, "/TR", action, "/F"]
-
-
-def schtasks_line(repo: Path = paths.REPO, state_dir: Path | None = None) -> str:
-    """schtasks_command as one line to paste into cmd.exe (quotes inside /TR escaped as \\")."""
-    argv = schtasks_command(repo, state_dir)
-    tr = argv[-2].replace('"', '\\"')
-    return " ".join(argv[:-2]) + f' "{tr}" /F'
-
-
-def install(cfg: Config, *, yes: bool = False, windows: bool | None = None, on_log: Log = quiet) -> dict[str, Any]:
-    """Print the schedule entry; with yes=True install it (crontab: only if absent; schtasks: /F replaces)."""
-    windows = (os.name == "nt") if windows is None else windows
-    if windows:
-        argv = schtasks_command(paths.REPO, cfg.state_path)
-        line = schtasks_line(paths.REPO, cfg.state_path)
-        on_log(line)
-        if not yes:
-            on_log("(not installed: rerun with --yes to create the task)")
-            return {"line": line, "installed": False}
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        if proc.returncode:
-            raise _install_error(proc)
-        on_log(f"installed Task Scheduler task {TASK_NAME}")
-        return {"line": line, "installed": True}
-    line = cron_line(paths.REPO, cfg.state_path)
-    on_log(line)
-    if not yes:
-        on_log("(not installed: rerun with --yes to add it to your crontab)")
-        return {"line": line, "installed": False}
-    crontab = shutil.which("crontab")
-    if crontab is None:
-        raise OpsError("no `crontab` command on this machine: add the line above to your scheduler by hand")
-    current = subprocess.run([crontab, "-l"], capture_output=True, text=True)
-    existing = current.stdout if current.returncode == 0 else ""  # `crontab -l` fails when there is none yet
-    if line in existing.splitlines():
-        on_log("already installed in your crontab")
-        return {"line": line, "installed": False, "already": True}
-    new = existing + ("" if not existing or existing.endswith("\n") else "\n") + line + "\n"
-    proc = subprocess.run([crontab, "-"], input=new, capture_output=True, text=True)
-    if proc.returncode:
-        raise _install_error(proc)
-    on_log("installed in your crontab (every 5 minutes)")
-    return {"line": line, "installed": True}
-
-
-def _install_error(proc: subprocess.CompletedProcess) -> Exception:
-    return OpsError(f"installing the schedule failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
 
 
 def cleanup(cfg: Config, *, confirm: Callable[[str], bool], on_log: Log = quiet) -> dict[str, Any]:

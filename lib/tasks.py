@@ -158,10 +158,11 @@ def verify(c, dir="", offline=False, json=False):
 # -- VM safety: status, setup, cleanup, sweep ------------------------------------------------------------
 
 
-@ops_task(help={"usage": "per-VM cost over the last 30 days", "json": "print JSON"})
-def status(c, usage=False, json=False):
+@ops_task(help={"usage": "per-VM and per-run cost over the last 30 days", "json": "print JSON",
+                "csv": "print the 30-day usage as CSV (per VM, per run, total)"})
+def status(c, usage=False, json=False, csv=False):
     """Image, ops-hpc VMs (uptime, time left, cost so far), bucket, and with --usage 30 days of costs."""
-    script("status", *_flag(usage, "--usage"), *_flag(json, "--json"))
+    script("status", *_flag(usage, "--usage"), *_flag(json, "--json"), *_flag(csv, "--csv"))
 
 
 @ops_task
@@ -193,10 +194,12 @@ def cleanup(c, yes=False):
         raise Exit(code=1)
 
 
-@ops_task(help={"dry_run": "show, change nothing", "grace": "minutes past expected end", "pull": "also pull results"})
-def sweep(c, dry_run=False, grace=None, pull=False):
+@ops_task(help={"dry_run": "show, change nothing", "grace": "minutes past expected end", "pull": "also pull results",
+                "install": "print the cron/schtasks entry (with --yes: install or replace it)", "yes": "with --install"})
+def sweep(c, dry_run=False, grace=None, pull=False, install=False, yes=False):
     """Delete stopped or overdue ops-hpc VMs now (what the cron/Task Scheduler job runs)."""
-    script("sweep", *_flag(dry_run, "--dry-run"), *_opt(grace, "--grace"), *_flag(pull, "--pull"))
+    script("sweep", *_flag(dry_run, "--dry-run"), *_opt(grace, "--grace"), *_flag(pull, "--pull"),
+           *_flag(install, "--install"), *_flag(yes, "--yes"))
 
 
 @ops_task
@@ -367,21 +370,37 @@ def _print_run(out: dict) -> None:
                                "dir": "results folder for --wait", "run_id": "stage into this run id",
                                "no_fallback": "after the spot retries, do not fall back to an on-demand VM",
                                "rerun": "re-run only the unfinished models of run RERUN (its staged inputs)",
+                               "machine_type": "machine type of the VMs, or auto: the cheapest of machine_types "
+                                               "that fits and finishes soonest",
+                               "dry_run": "print the plan and its expected/worst-case cost; create nothing",
+                               "json": "with --dry-run: the plan as JSON",
+                               "yes": "launch even if the worst-case cost is above confirm_above_usd",
                                "retries": "re-run a failed (not timed-out) model up to N times on its VM "
                                           "(lines with retries= keep theirs)"})
 def run_staged(c, batch="batches/example.txt", wait=False, vms=1, spot=False, dir=None, run_id=None,
-               no_fallback=False, rerun=None, retries=0):
+               no_fallback=False, rerun=None, machine_type=None, yes=False, dry_run=False, json=False, retries=0):
     """Stage BATCH, launch self-deleting VM(s) that run it; --wait follows, pulls each result and summarises."""
-    from lib import runstaged
+    from lib import costplan, runstaged
+
+    def ask(question: str) -> bool:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
     try:
         out = runstaged.run_staged(_cfg(), None if rerun else batch, wait=wait, vms=int(vms), spot=spot or None,
                                    results_dir=dir, run_id=run_id, on_demand_fallback=not no_fallback,
-                                   on_log=cli.err, rerun=rerun, retries=int(retries)).to_json()
+                                   on_log=cli.err, rerun=rerun, machine_type=machine_type or None, dry_run=dry_run,
+                                   yes=yes, ask=ask if sys.stdin.isatty() else None, retries=int(retries)).to_json()
     except KeyboardInterrupt:
         if not wait:
             raise
         raise Exit(WAIT_INTERRUPTED, code=cli.EXIT_INTERRUPTED) from None
+    if dry_run:
+        if json:
+            cli.print_json(out["plan"])
+        else:
+            print("\n".join(costplan.format_preview(out["plan"])))
+            print("dry run: nothing was staged or created")
+        return
     print(out["run_id"])
     _print_run(out)
     if out.get("lost"):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lib import build, compute, manifest, runstaged, runstatus, storage
-from lib.errors import Refused
+from lib import build, compute, manifest, runstaged, runstatus, stage, storage
+from lib.errors import Refused, UsageError
 from tests.support.vms import SMALL, vm_config
 
 WAIT_TCL = "file mkdir output\nafter {ms}\nset f [open output/done.out w]\nputs $f ok\nclose $f\n"
@@ -88,11 +88,14 @@ def test_a_model_larger_than_the_vm_is_refused_before_anything_is_staged(cfg, tm
     base = tmp_path / "batch"
     _model(base, "wide", "puts hi\n")
     (base / "batch.txt").write_text("wide cores=4 timeout=1\n")
-    with pytest.raises(Refused, match=rf"model wide needs cores=4 but machine type {SMALL} has 1 usable core"):
+    with pytest.raises(UsageError, match=rf"wide \(cores=4\): more cores than {SMALL} has \(1 usable\)"):
         runstaged.run_staged(cfg, base / "batch.txt", image="unused")
     (base / "batch.txt").write_text("wide mem=64 timeout=1\n")
-    with pytest.raises(Refused, match=r"model wide needs mem=64 GB"):
+    with pytest.raises(UsageError, match=rf"wide \(mem=64\): more memory than {SMALL} has \(8 GB\)"):
         runstaged.run_staged(cfg, base / "batch.txt", image="unused")
+    with pytest.raises(Refused, match=r"model wide needs mem=64 GB"):  # the launch's own check, if called directly
+        runstaged.plan_vms(cfg, "run-20260101-000000-abcd", [[stage.StagedModel("wide", "main.tcl", 1, 1, mem_gb=64)]],
+                           total=1, image="unused")
     assert not storage.list_blobs(cfg, "_uploads/")
 
 

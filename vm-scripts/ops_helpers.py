@@ -17,11 +17,18 @@ lib.sh) and is copied with the ssh tools, so a VM always runs the helpers its sc
                                      separated) of every model of the batch, or only those named in SUBSET,
                                      in pack order (largest cores x timeout first, then batch order)
     pick FREE_CORES FREE_MB NAME:CORES:MB...   the queued models to start now (FREE_MB "" = no memory limit)
+    shared BATCH_JSON SUBSET         key, zip, crc32c (tab separated) of the shared folders those models use
+    launch BATCH_JSON NAME CORES SHARED_ROOT
+                                     become the model NAME in the current folder: link its shared folder
+                                     (SHARED_ROOT/KEY), set its environment (OPS_HPC_SHARED too), then exec
+                                     `openseesmp CORES MAIN ARGS...`, or for MAIN *.py `opensees-python -u MAIN
+                                     ARGS...` (python3 when the image has no opensees-python)
 """
 
 import base64
 import json
 import os
+import shutil
 import struct
 import sys
 import zipfile
@@ -154,6 +161,50 @@ def pick(pending, free_cores, free_mem_mb):
             if free_mem_mb is not None:
                 free_mem_mb -= mem
     return chosen
+def _entry(batch_json, name):
+    with open(batch_json) as fh:
+        batch = json.load(fh)
+    for m in batch["models"]:
+        if m["name"] == name:
+            return batch, m
+    sys.exit("ops-hpc: model %s is not in %s" % (name, batch_json))
+
+
+def shared(batch_json, subset):
+    """Tab-separated lines of the shared folders the models of this VM use, each once."""
+    with open(batch_json) as fh:
+        batch = json.load(fh)
+    wanted = subset.replace(",", " ").split()
+    keys = sorted({m["shared"] for m in batch["models"] if m.get("shared") and (not wanted or m["name"] in wanted)})
+    table = batch.get("shared", {})
+    return ["\t".join([k, table[k]["zip"], table[k]["crc32c"]]) for k in keys if k in table]
+
+
+def launch_argv(model, cores, python):
+    """The command line of one model: OpenSees(MP) through the launcher for Tcl, the VM's Python for *.py."""
+    main, args = model["main"], [str(a) for a in model.get("args", [])]
+    if main.lower().endswith(".py"):
+        return [python, "-u", main] + args
+    return ["openseesmp", str(cores), main] + args
+
+
+def launch(batch_json, name, cores, shared_root):
+    _, model = _entry(batch_json, name)
+    env = dict(os.environ)
+    env.update({str(k): str(v) for k, v in model.get("env", {}).items()})
+    key = model.get("shared")
+    if key:
+        folder = os.path.join(shared_root, key)
+        if not os.path.isdir(folder):
+            sys.exit("ops-hpc: the shared folder %s was not fetched onto this VM (see the VM log)" % key)
+        env["OPS_HPC_SHARED"] = folder
+        link = model.get("shared_link") or key
+        if not os.path.lexists(link):
+            os.symlink(folder, link)
+    python = shutil.which("opensees-python") or shutil.which("python3") or sys.executable
+    argv = launch_argv(model, cores, python)
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, env)
 
 
 def main(argv):
@@ -176,6 +227,11 @@ def main(argv):
         with open(args[0]) as fh:
             for item in json.load(fh).get("items", []):
                 print(item["name"])
+    elif cmd == "shared":
+        for line in shared(args[0], args[1] if len(args) > 1 else ""):
+            print(line)
+    elif cmd == "launch":
+        launch(args[0], args[1], args[2], args[3])
     elif cmd == "models":
         for line in models(args[0], args[1], args[2] if len(args) > 2 else ""):
             print(line)

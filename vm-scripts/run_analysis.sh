@@ -21,7 +21,7 @@
 # attempt ends (zip and upload do not hold them); retries=N re-runs a failed (not timed-out) model.
 #
 # Bucket layout (see README, "run-staged"):
-#   in:   _uploads/RUN_ID/batch.json, _uploads/RUN_ID/MODEL.zip
+#   in:   _uploads/RUN_ID/batch.json, _uploads/RUN_ID/MODEL.zip, _uploads/RUN_ID/shared/KEY.zip (once)
 #   out:  RUN_ID/MODEL.zip (the model's new or changed files + opensees.log + MANIFEST.json)
 #         _status/RUN_ID/VM.txt, _status/RUN_ID.txt, _status/latest.txt (key=value lines)
 #         _logs/RUN_ID/MODEL.log (uploaded every few seconds while it runs), _logs/RUN_ID/_vm-VM.log
@@ -175,16 +175,18 @@ prefetch() {
   # a model's cores go to OpenSees at once. Whoever creates WORK/claim/NAME first (this or the model's own
   # first attempt) prepares it; WORK/ready/NAME says ok or bad when the prefetch is done.
   local name main cores secs zip crc rest waiting n
+  local -a mine=()
   for name in "${NAMES[@]}"; do
     while :; do
       waiting=0
-      for n in "$WORK"/ready/*; do [ -e "$n" ] && [ ! -e "$WORK/phase/${n##*/}" ] && waiting=$((waiting + 1)); done
+      for n in "${mine[@]}"; do [ -e "$WORK/phase/$n" ] || waiting=$((waiting + 1)); done
       [ "$waiting" -lt "$CORES" ] && break
       sleep 0.2
     done
     mkdir "$WORK/claim/$name" 2> /dev/null || continue
     IFS=$'\t' read -r main cores secs zip crc rest <<< "${SPEC[$name]}"
     if prepare "$name" "$zip" "$crc"; then echo ok > "$WORK/ready/$name"; else echo bad > "$WORK/ready/$name"; fi
+    mine+=("$name")
   done
 }
 
@@ -205,10 +207,12 @@ run_once() {
     ok=$(cat "$WORK/ready/$name")
   fi
   [ "$ok" = ok ] || return 0
-  ops_log "model ${name}: openseesmp ${cores} ${main} (timeout ${secs} s)"
+  ops_log "model ${name}: ${main} on ${cores} core(s) (timeout ${secs} s)"
   t0=$(ops_epoch)
   started=$(ops_now)
-  (cd "$dir" && exec timeout -k 10 "$secs" openseesmp "$cores" "$main") > "$log" 2>&1 < /dev/null &
+  # the helper links the shared folder, sets the model's environment and becomes openseesmp / python
+  (cd "$dir" && exec timeout -k 10 "$secs" "$(command -v python3 || echo /usr/libexec/platform-python)" \
+    "$OPS_HELPERS_PY" launch "$WORK/batch.json" "$name" "$cores" "$WORK/shared") > "$log" 2>&1 < /dev/null &
   pid=$!
   (while sleep "$LOG_EVERY"; do ops_gcs_upload "$log" "_logs/${RUN_ID}/${name}.log" text/plain > /dev/null; done) &
   streamer=$!
@@ -317,6 +321,35 @@ start_model() {
   PID[$name]=$!
 }
 
+sweep_folders() {
+  # A sweep's runs are named MODEL/ROW, so every file this script keys by model name (WORK/NAME.zip, the
+  # model folder, and the per-model marks under phase/, claim/, ready/ when models run concurrently) sits one
+  # folder deeper: make those folders once, before any model starts.
+  local name sub
+  for name in "${NAMES[@]}"; do
+    [ "${name%/*}" = "$name" ] && continue
+    for sub in "" models/ phase/ claim/ ready/; do mkdir -p "$WORK/${sub}${name%/*}"; done
+  done
+}
+
+fetch_shared() {
+  # Every shared folder this VM's models use, fetched once into WORK/shared/KEY, files made read-only; a
+  # folder that cannot be fetched fails only the models that use it (their log says so).
+  local key zip crc got
+  while IFS=$'\t' read -r key zip crc; do
+    got=""
+    if ops_gcs_download "$zip" "$WORK/shared/$key.zip"; then got=$(ops_crc32c "$WORK/shared/$key.zip"); fi
+    if [ "$got" != "$crc" ]; then
+      ops_log "shared folder ${key}: staged $zip missing or damaged (crc32c ${got:-none}, expected $crc)"
+    else
+      ops_python -m zipfile -e "$WORK/shared/$key.zip" "$WORK/shared/$key/" \
+        && find "$WORK/shared/$key" -type f -exec chmod a-w {} +  # files read-only; folders stay removable
+      ops_log "shared folder ${key}: fetched once for every model using it"
+    fi
+    rm -f "$WORK/shared/$key.zip"
+  done < <(mkdir -p "$WORK/shared" && ops_pyhelp shared "$WORK/batch.json" "$SUBSET")
+}
+
 upload_result() {
   # upload_result NAME: WORK/NAME.zip -> RUN_ID/NAME.zip, checked; the zip is removed once it is there.
   if ops_gcs_upload_verified "$WORK/$1.zip" "${RUN_ID}/$1.zip" application/zip; then
@@ -375,6 +408,8 @@ done < "$WORK/models.tsv"
 mkdir -p "$WORK/phase" "$WORK/claim" "$WORK/ready"
 [ "${#NAMES[@]}" -gt 0 ] || { ERROR="no models to run (subset: ${SUBSET:-all})"; ops_log "$ERROR"; finish error; }
 STATE="running"
+sweep_folders
+fetch_shared
 
 declare -a QUEUE=("${NAMES[@]}")  # pack order: ops_helpers.py models sorted them
 prefetch &

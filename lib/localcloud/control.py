@@ -22,6 +22,7 @@ from lib.localcloud import (
     is_alive,
     read_state,
     shell_env,
+    winshell,
 )
 from lib.localcloud.files import lock_for
 
@@ -92,6 +93,7 @@ def up(
     op_delay: seconds (low, high) each step of a Compute operation takes; rtt_ms and mbit shape the
     storage door like a PC's line (0: loopback speed).
     """
+    winshell.find_shell()  # on Windows: Git Bash for the VMs, or one line saying to install it, before anything starts
     root = home(state_dir)
     root.mkdir(parents=True, exist_ok=True)
     with lock_for(root / STATE_FILE, timeout=60):

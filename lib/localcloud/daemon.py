@@ -25,7 +25,16 @@ from typing import BinaryIO
 import psutil
 from werkzeug import Request, Response
 
-from lib.localcloud import DEFAULT_OP_DELAY, DEFAULT_PROJECT, STATE_FILE, files, home, parse_delay, vm_environment
+from lib.localcloud import (
+    DEFAULT_OP_DELAY,
+    DEFAULT_PROJECT,
+    STATE_FILE,
+    files,
+    home,
+    parse_delay,
+    vm_environment,
+    winshell,
+)
 from lib.localcloud.faults import FaultRegistry
 from lib.localcloud.http import AppServer, google_error, json_response
 from lib.localcloud.shaping import Shaper
@@ -58,7 +67,7 @@ def start_gcs(root: Path, backend: str, external_url: str, log: BinaryIO, attemp
                "-backend", backend, "-external-url", external_url, "-log-level", "error"]
         if backend == "filesystem":
             cmd += ["-filesystem-root", str(root)]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, **winshell.no_window_kwargs())
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and proc.poll() is None:
             try:

@@ -5,7 +5,8 @@ CPU, memory and disk come from a background sampler (every second) over each VM'
 folder; uptime comes from the running intervals the Compute model persists, so usage reports still work
 for deleted instances and after restarts (30+ days are kept).
 
-Metric types (resource type gce_instance, labels project_id / zone / instance_id; metric label instance_name):
+Metric types (resource type gce_instance, labels project_id / zone / instance_id; metric label instance_name;
+metadata: user_labels = the instance's labels at boot, system_labels machine_type and name, as Google fills them):
   compute.googleapis.com/instance/cpu/utilization   GAUGE DOUBLE  0..1 of the machine type's vCPUs
   compute.googleapis.com/instance/uptime            DELTA DOUBLE  running seconds per 60 s bucket
   compute.googleapis.com/instance/uptime_total      GAUGE INT64   seconds since the VM last started
@@ -216,6 +217,8 @@ class MonitoringFake:
                 metric={"type": metric_type, "labels": {"instance_name": inst["name"]}},
                 resource={"type": "gce_instance", "labels": {"project_id": inst["project"], "zone": inst["zone"],
                                                              "instance_id": inst["id"]}},
+                metadata={"user_labels": dict(inst.get("labels") or {}),
+                          "system_labels": {"machine_type": inst.get("machineType", ""), "name": inst["name"]}},
                 metric_kind=kind, value_type=metric_pb2.MetricDescriptor.ValueType.INT64 if is_int
                 else metric_pb2.MetricDescriptor.ValueType.DOUBLE,
             )

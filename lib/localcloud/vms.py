@@ -3,7 +3,8 @@
 A real VM runs its startup script as root on its own disk; here the disk is a folder, so the script runs
 with cwd=<disk> and OPS_HPC_VM_ROOT=<disk>, which vm-scripts prefix to every absolute path (empty on a
 real VM). Each VM is its own session (POSIX) so the whole tree can be ended at once, as powering off a
-VM would. On Windows the tree is a new process group and local VMs need Git Bash's `bash` on PATH.
+VM would. On Windows the tree is a new process group without a console window, run by Git for Windows'
+bash.exe with a `python3` and GNU tools on its PATH (winshell.py).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+
+from lib.localcloud import winshell
 
 IS_WINDOWS = os.name == "nt"
 VM_MARKER = "LOCALCLOUD_VM"  # env var carrying the VM's id: finds processes that left the session
@@ -46,11 +48,13 @@ def console_append(disk: Path, text: str) -> None:
 def vm_environment(disk: Path, metadata_host: str, vm_id: str, extra: dict[str, str]) -> dict[str, str]:
     """Minimal environment of a VM: a few inherited variables, the daemon's endpoints, and per-VM paths.
 
-    PATH puts the venv's python first (after the VM's own bin dirs) so `python3` has the opensees package.
+    PATH puts the venv's python first (after the VM's own bin dirs) so `python3` has the opensees package;
+    on Windows through a shim in the disk's usr/bin, after which come Git's GNU tools (winshell.vm_path).
     """
     env = {k: os.environ[k] for k in INHERITED if k in os.environ}
     env.update(extra)
-    sep = os.pathsep
+    own = [str(disk / "opt" / "ops-hpc" / "bin"), str(disk / "usr" / "local" / "bin")]
+    shim = str(winshell.python_shim(disk / "usr" / "bin")) if winshell.is_windows() else None
     env.update({
         "GCE_METADATA_HOST": metadata_host,
         "OPS_HPC_VM_ROOT": str(disk),
@@ -58,8 +62,7 @@ def vm_environment(disk: Path, metadata_host: str, vm_id: str, extra: dict[str, 
         "TMPDIR": str(disk / "tmp"),
         "CLOUDSDK_CONFIG": str(disk / "root" / ".config" / "gcloud"),
         VM_MARKER: vm_id,
-        "PATH": sep.join([str(disk / "opt" / "ops-hpc" / "bin"), str(disk / "usr" / "local" / "bin"),
-                          os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+        "PATH": winshell.vm_path(own, os.environ.get("PATH", ""), shim_dir=shim),
     })
     return env
 
@@ -72,9 +75,8 @@ def launch(disk: Path, script: str, env: dict[str, str]) -> subprocess.Popen:
     console_append(disk, f"localcloud: running startup-script ({time.strftime('%Y-%m-%dT%H:%M:%S%z')})\n")
     log = open(console_path(disk), "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
-        kwargs: dict = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if IS_WINDOWS else {"start_new_session": True}
-        return subprocess.Popen(["bash", str(script_path)], cwd=str(disk), env=env, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, **kwargs)
+        return subprocess.Popen([*winshell.shell(), script_path.as_posix()], cwd=str(disk), env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **winshell.session_kwargs())
     finally:
         log.close()
 

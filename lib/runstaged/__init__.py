@@ -4,10 +4,11 @@
     each VM's first status) -> with wait: follow (follow.py: pull each result as it lands, relaunch a
     preempted spot VM's unfinished models) -> summary (summary.py)
 
-Without wait the PC may be switched off once the launch returns: results stay in the bucket until
+Before anything is staged the launch is planned (lib/costplan.py: shards, machine type, expected and
+worst-case cost at list prices): `dry_run` stops there, and a worst case above confirm_above_usd
+needs `yes` or a 'y' from `ask`. Without wait the PC may be switched off once the launch returns: results stay in the bucket until
 `bin/pull` collects them. Each VM packs its models onto its usable cores (lib/packing.py); fan-out
-(`vms` > 1) shards the models so that the VMs' predicted makespans are balanced (packing.shards);
-each VM gets its shard in the `ops-hpc-models` metadata. `rerun=RUN_ID` launches again only the models
+(`vms` > 1) shards the models as costplan.plan_shards says (balanced predicted packed makespans); each VM gets its shard in the `ops-hpc-models` metadata. `rerun=RUN_ID` launches again only the models
 of an earlier run that have no result (a preempted run launched without wait). The status files the
 VMs write are described in lib/runstatus.py.
 """
@@ -15,22 +16,24 @@ VMs write are described in lib/runstatus.py.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lib import clients, naming, packing, stage, storage
+from lib import clients, costplan, naming, pricing, stage, storage
 from lib.batches import parse_batch
 from lib.config import Config
 from lib.errors import Refused, UsageError
 from lib.log import Log, quiet
 from lib.runstaged.follow import Followed, follow, upload_to_delete_s
-from lib.runstaged.launch import VmRun, launch, plan_vms, vm_capacity
+from lib.runstaged.launch import VmRun, launch, plan_vms
 from lib.runstaged.summary import format_table, summarize
 from lib.runstatus import FINAL, read_statuses
 from lib.stage import StagedModel
 
-__all__ = ["Followed", "RunStagedResult", "VmRun", "follow", "format_table", "launch", "plan_vms", "rerun_models",
+__all__ = ["Followed", "RunStagedResult", "VmRun", "follow", "format_table", "launch", "plan_launch", "plan_vms",
+           "rerun_models",
            "run_staged", "summarize", "upload_to_delete_s"]
 
 
@@ -52,12 +55,14 @@ class RunStagedResult:
     deleted_how: dict[str, str] = field(default_factory=dict)
     results_dir: str = ""
     models: list[str] = field(default_factory=list)  # the models this launch ran (a rerun: the unfinished ones)
+    plan: dict[str, Any] = field(default_factory=dict)  # costplan.preview: machine, shards, expected/worst cost
+    dry_run: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The result as JSON-ready data (without the wait-only keys when it did not wait)."""
         data = asdict(self)
         if not self.wait:
-            data = {k: data[k] for k in ("run_id", "vms", "wait", "models")}
+            data = {k: data[k] for k in ("run_id", "vms", "wait", "models", "plan", "dry_run")}
         return data
 
 
@@ -78,19 +83,23 @@ def run_staged(cfg: Config, batch_path: str | Path | None, *, wait: bool = False
                spot: bool | None = None, results_dir: Path | None = None, image: str | None = None,
                machine_type: str | None = None, run_id: str | None = None, rerun: str | None = None,
                spot_retries: int = 2, on_demand_fallback: bool = True, boot_timeout: float | None = None,
-               tail: bool = True, retries: int = 0, on_log: Log = quiet) -> RunStagedResult:
-    """check + plan -> stage -> launch (guarded until up) -> optional follow + pull + summary.
+               tail: bool = True, dry_run: bool = False, yes: bool = False,
+               ask: Callable[[str], bool] | None = None, retries: int = 0, on_log: Log = quiet) -> RunStagedResult:
+    """check + plan (+ cost) -> stage -> launch (guarded until up) -> optional follow + pull + summary.
 
     Everything that can be refused is refused before anything is uploaded; if staging or the launch
     fails or is interrupted, the run's staged inputs are removed again (the guards delete its VMs).
-    retries: re-runs of a failed model on its VM, for the lines that set no retries=.
+    `machine_type` "auto" lets costplan choose; `dry_run` returns the plan having created nothing; a
+    worst case above cfg.confirm_above_usd is launched only with `yes` or `ask(question)` true (no
+    `ask`: no terminal, refused). `retries`: re-runs of a failed model on its VM, for lines without retries=.
     """
     from lib import build
 
     t0 = time.time()
     if vms < 1:
         raise UsageError(f"--vms {vms}: the number of VMs must be at least 1")
-    cfg = clients.resolve(cfg)
+    if rerun or not dry_run:  # a dry run of a batch file needs no project: it plans and prices offline
+        cfg = clients.resolve(cfg)
     spot = cfg.spot if spot is None else spot
     if rerun:
         run_id = stage.check_run_id(rerun)
@@ -107,11 +116,18 @@ def run_staged(cfg: Config, batch_path: str | Path | None, *, wait: bool = False
         models = [StagedModel(m.name, m.main, m.cores, m.timeout_min, mem_gb=m.mem_gb,
                               retries=retries if m.retries is None else m.retries) for m in batch.models]
         header_cores = batch.cores
+    plan = plan_launch(cfg, models, vms, spot=spot, machine_type=machine_type, cores=header_cores)
+    preview = costplan.preview(plan, confirm_above_usd=cfg.confirm_above_usd, prices=pricing.note(cfg))
+    if dry_run:
+        return RunStagedResult(run_id=run_id, vms=[], wait=False, models=[m.name for m in models], plan=preview,
+                               dry_run=True)
+    for line in costplan.format_preview(preview):
+        on_log(line)
+    costplan.confirm_cost(plan, cfg, yes=yes, ask=ask)
+    machine_type = plan.machine.name
     if cfg.local and image is None:
         image = build.ensure_image(cfg, on_log=on_log)
-    cores, mem_mb = vm_capacity(cfg, machine_type, header_cores)
-    packing.check_fits(models, cores, mem_mb, where=f"machine type {machine_type or cfg.machine_type}")
-    shards = packing.shards(models, vms, cores, mem_total_mb=mem_mb)
+    shards = [list(s.models) for s in plan.shards]
     total = len(models) if batch is not None else len((stage.load_description(cfg, run_id) or {"models": models})["models"])
     names = None
     if rerun:
@@ -136,7 +152,7 @@ def run_staged(cfg: Config, batch_path: str | Path | None, *, wait: bool = False
         if not launched and batch is not None:
             _unstage_quietly(cfg, run_id, on_log)
     out = RunStagedResult(run_id=run_id, vms=[r.name for r in runs], wait=wait,
-                          models=[m.name for shard in shards for m in shard])
+                          models=[m.name for shard in shards for m in shard], plan=preview)
     if not wait:
         on_log(f"launched: the VM(s) run on their own and delete themselves; follow with `make log RUN={run_id}`, "
                "collect with `make pull`")
@@ -158,6 +174,19 @@ def run_staged(cfg: Config, batch_path: str | Path | None, *, wait: bool = False
     out.deleted_how = {v.name: v.how for v in followed.vms}
     out.results_dir = str(results_dir)
     return out
+
+
+def plan_launch(cfg: Config, models: Sequence[StagedModel], vms: int, *, spot: bool = False,
+                machine_type: str | None = None, cores: int | None = None) -> costplan.Plan:
+    """The launch's plan: the given machine type (default cfg.machine_type), or with "auto" costplan's choice.
+
+    cores: the batch's `#cores N`, the usable cores of whichever machine runs it.
+    """
+    if machine_type == "auto":
+        return costplan.choose_machine(models, vms, [replace(m, cores=cores) for m in costplan.candidates(cfg, spot=spot)],
+                                       upload_timeout_min=cfg.upload_timeout_min, spot=spot)
+    chosen = replace(costplan.machine(cfg, machine_type or cfg.machine_type, spot=spot), cores=cores)
+    return costplan.plan(models, vms, chosen, upload_timeout_min=cfg.upload_timeout_min, spot=spot)
 
 
 def _unstage_quietly(cfg: Config, run_id: str, on_log: Log) -> None:

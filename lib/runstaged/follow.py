@@ -354,13 +354,28 @@ class Follower:
     # -- the loop
 
     def run(self, interval: float = 0.5) -> Followed:
-        while True:
-            obs = self.poll()
-            acts = plan(obs, self.followed, self.policy)
-            self.apply(obs, acts)
-            if acts.finished:
-                return self.followed
-            time.sleep(interval)
+        try:
+            while True:
+                obs = self.poll()
+                acts = plan(obs, self.followed, self.policy)
+                self.apply(obs, acts)
+                if acts.finished:
+                    return self.followed
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            self.hand_over()
+            raise
+
+    def hand_over(self) -> None:
+        """Ctrl+C: the VMs run on and delete themselves. Their models stop being 'running' in session state, so
+        the next command does not call the analysis interrupted when a VM it no longer follows is gone."""
+        for key in sorted(self._started):
+            vm, _, model = key.partition("/")
+            try:
+                self.state.job_finished(vm, model, "handed-over")
+            except Exception:  # a locked or unreadable state file must not hide the interruption
+                pass
+        self._started.clear()
 
 
 def follow(cfg: Config, run_id: str, models: list[StagedModel], runs: list[VmRun], *, results_dir: Path,

@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 
-from lib.localcloud import vms
+from lib.localcloud import LocalCloudError, vms
 from lib.localcloud.compute.exceptions import (
     InvalidValue,
     ResourceNotReady,
@@ -40,15 +40,21 @@ class PowerMixin(ModelBase):
                       "create_time": None})
         project, zone, name = key.split("/")
         rec = self.usage.setdefault(inst["id"], {"project": project, "zone": zone, "name": name, "intervals": []})
-        rec.update({"machineType": last_segment(inst["machineType"], "machineTypes"), "live": True})
+        rec.update({"machineType": last_segment(inst["machineType"], "machineTypes"), "live": True,
+                    "labels": dict(inst.get("labels") or {})})  # Monitoring's metadata.user_labels
         rec["intervals"].append([t, None])
         vms.console_append(disk, f"localcloud: booting {name} ({now_rfc3339(t)})\n")
         md = self._start_metadata(key, 0)
         script = metadata_value(inst, "startup-script")
         if script is None:
             return
-        env = vms.vm_environment(disk, md.host, inst["id"], self.vm_env)
-        popen = vms.launch(disk, script, env)
+        try:
+            env = vms.vm_environment(disk, md.host, inst["id"], self.vm_env)
+            popen = vms.launch(disk, script, env)
+        except LocalCloudError as exc:  # no Git Bash on Windows: the VM boots, its script cannot run
+            vms.console_append(disk, f"localcloud: startup-script not run: {exc}\n")
+            local.update({"script_done": True, "exit_code": 127})
+            return
         try:
             ctime = psutil.Process(popen.pid).create_time()
         except psutil.Error:
