@@ -284,12 +284,12 @@ def test_a_vm_whose_self_delete_is_refused_is_deleted_by_the_follower(cfg, image
     (base / "batch.txt").write_text("m timeout=10\n")  # roomy: the machine may be busy
     run_id = stage.new_run_id()
     name = naming.vm_name(run_id)
-    faults("compute", "http:403", count=1, match=f"^DELETE .*/instances/{name}$")  # the VM's own delete only
+    faults("metadata", "deny:compute.instances.delete", match=f"/{name} ")  # its account lacks the permission
     logs: list[str] = []
     out = runstaged.run_staged(cfg, base / "batch.txt", wait=True, run_id=run_id, results_dir=tmp_path / "r",
                                image=image, on_log=logs.append, tail=False)
     assert {r["model"]: r["state"] for r in out.rows} == {"m": "ok"}
-    assert any("self-delete was refused" in line for line in logs), "\n".join(logs)
+    assert any(f"{name}: reports its self-delete was refused: deleting it" in line for line in logs), "\n".join(logs)
     assert compute.get_vm(cfg, name) is None and out.deleted_how[name] == "delete"
     print(f"\nFIGURE self-delete refused: VM deleted {out.upload_to_delete_s[name]:.1f} s after its last upload")
     assert out.upload_to_delete_s[name] < 30
