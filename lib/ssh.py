@@ -134,14 +134,17 @@ def _local_path(info: dict[str, Any], remote: str) -> Path:
 
 
 def _popen(cfg: Config, name: str, command: str) -> subprocess.Popen:
-    common: dict[str, Any] = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Its own process group: a terminal's Ctrl+C goes to ops-hpc (its guard decides), not straight to ssh, so
+    # a push in flight is not cut off while the guard lets it finish.
+    session: dict[str, Any] = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
+                               else {"start_new_session": True})
+    common: dict[str, Any] = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  **session)
     if cfg.local:
         info = local_vm(cfg, name)
         if info.get("status") != "RUNNING" or not info.get("metadata_host"):
             raise SshConnectionError(f"VM {name} is {info.get('status')}: ssh: connect to host {name}: Connection refused")
-        session: dict[str, Any] = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
-                                   else {"start_new_session": True})
-        return subprocess.Popen(["bash", "-c", command], cwd=info["disk"], env=_local_env(info), **common, **session)
+        return subprocess.Popen(["bash", "-c", command], cwd=info["disk"], env=_local_env(info), **common)
     cfg = cfg.require_project()
     return subprocess.Popen(ssh_argv(cfg, name, command, gcloud=gcloud_executable()), **common)
 
