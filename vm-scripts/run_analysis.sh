@@ -98,7 +98,7 @@ finish() {
 # shellcheck disable=SC2329  # invoked through ops_self_delete_or_stay
 publish_refused() {
   # the VM's delete was refused (IAM): say so, so the PC deletes it now; the models' outcomes stay as they are
-  ERROR="self-delete refused after state ${STATE}; waiting for the PC (follow/status/sweep) or the max run end"
+  ERROR="${ERROR:+${ERROR}; }self-delete refused after state ${STATE}; waiting for the PC (follow/status/sweep) or the max run end"
   STATE="self_delete_refused"
   publish_status
   upload_runlog

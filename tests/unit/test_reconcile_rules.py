@@ -166,3 +166,33 @@ def test_the_transitional_states_table_names_every_state_the_vm_publishes():
     assert published >= set(VM_DONE) - {"done"} | {"preempted"}
     for state in published | set(VM_DONE):
         assert state in (rec.__doc__ or ""), f"state {state} is missing from reconcile's table"
+
+
+@pytest.mark.parametrize(("rescue", "in_bucket", "deleted", "warning"), [
+    (["run-1/m.zip"], False, True, None),  # rescued: deleted
+    ([], True, True, None),  # the VM's own retry got it up meanwhile: deleted
+    ([], False, False, "not rescued"),  # an incomplete zip: kept
+    (OSError("ssh: connection refused"), False, False, "keeps retrying the uploads until its max run end"),
+])
+def test_a_stranded_vm_is_deleted_only_once_its_results_are_in_the_bucket(tmp_path, monkeypatch, rescue, in_bucket,
+                                                                           deleted, warning):
+    from lib import compute, controls, reconcile, storage
+    from lib.config import Config
+
+    cfg = Config.load({"backend": "local", "state_dir": str(tmp_path)}, env={}, path="")
+
+    def rescue_stranded(where, name, **kw):
+        if isinstance(rescue, Exception):
+            raise rescue
+        return rescue
+
+    monkeypatch.setattr(controls, "rescue_stranded", rescue_stranded)
+    monkeypatch.setattr(storage, "get_blob", lambda where, name: object() if in_bucket else None)
+    gone: list[str] = []
+    monkeypatch.setattr(compute, "delete_vm", lambda where, name, **kw: gone.append(name) or True)
+    warned: list[str] = []
+    result = reconcile.ReconcileResult()
+    why = reconcile._rescue_and_delete(cfg, None, vm(**REPORTER), ("m",), result, on_log=lambda _: None,
+                                       on_warn=warned.append)
+    assert (gone == ["v"]) is deleted and (result.deleted == ["v"]) is deleted and (why == "") is deleted
+    assert warning is None and not warned or warning in warned[0], warned
