@@ -4,7 +4,7 @@
     emergency  kill OpenSees, then push whatever is on the disk now and rescue stranded run-staged results
                (zips whose upload failed, under /opt/ops-hpc/work/RUN/); the VM stays
     rescue_stranded  copy those zips from the VM over ssh and upload them from the PC (run-staged's follower
-               calls it before it deletes a VM that reports stranded results)
+               and reconcile, i.e. status and sweep, call it before they delete a VM that reports stranded results)
     delete_vm  delete the VM now (anything not pushed is lost)
 
 Each does exactly that and returns what it did, so a bin script, an invoke task or a front end can

@@ -12,6 +12,10 @@
 Deletion goes through compute.delete_vm: idempotent and label-checked, so a guard can never delete a
 VM that is not ops-hpc's. Fired while this process's insert of the VM is still in flight, it first waits
 for that insert (compute.settle_insert) so it deletes what the insert creates instead of "nothing yet". `disarm()` after a deliberate delete prevents a second one.
+
+Uploads in flight (`pending`: e.g. `make run`'s background pushes of finished jobs) hold the delete: the
+guard says so in one line and waits for them, at most `hold_s` (the config's upload_timeout_min); a second
+Ctrl+C (any second signal) during that wait deletes the VM at once.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import atexit
 import os
 import signal
 import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from lib import compute
@@ -52,8 +58,13 @@ def _load_ctypes() -> Any:
 class VMGuard:
     """`with VMGuard(cfg, name) as guard:` deletes VM `name` however the block or the process ends."""
 
-    def __init__(self, cfg: Config, name: str, *, on_log: Log = quiet, state: SessionState | None = None) -> None:
+    def __init__(self, cfg: Config, name: str, *, on_log: Log = quiet, state: SessionState | None = None,
+                 pending: Callable[[], Sequence[threading.Thread]] | None = None, hold_s: float = 0.0) -> None:
         self.cfg = cfg
+        self.pending = pending  # uploads whose end the delete waits for (at most hold_s)
+        self.hold_s = hold_s
+        self._busy = False  # holding or deleting: a signal now forces instead of starting over
+        self._force = False
         self.name = name
         self.on_log = on_log
         self.state = state
@@ -108,6 +119,33 @@ class VMGuard:
             if not self.armed:
                 return False
             self.armed = False
+        self._busy = True
+        try:
+            self._hold()
+            return self._delete(reason)
+        finally:
+            self._busy = False
+
+    def _hold(self) -> None:
+        """Let uploads in flight finish before the VM goes, at most hold_s; a second signal stops the wait."""
+        try:
+            busy = [t for t in (self.pending() if self.pending else []) if t.is_alive()]
+        except Exception:  # a guard never fails on its helpers
+            busy = []
+        if not busy or self.hold_s <= 0:
+            return
+        self.on_log(f"VMGuard: waiting up to {self.hold_s:.0f} s for {len(busy)} upload(s) in flight "
+                    f"({', '.join(t.name for t in busy)}) before deleting VM {self.name}; Ctrl+C again deletes it now")
+        end = time.monotonic() + self.hold_s
+        while busy and not self._force and time.monotonic() < end:
+            busy[0].join(min(0.2, max(0.0, end - time.monotonic())))  # short slices: signal handlers run between
+            busy = [t for t in busy if t.is_alive()]
+        if busy:
+            why = "second interrupt" if self._force else f"still running after {self.hold_s:.0f} s"
+            self.on_log(f"VMGuard: {why}: deleting VM {self.name} now; upload(s) {', '.join(t.name for t in busy)} "
+                        "will not finish")
+
+    def _delete(self, reason: str) -> bool:
         self.on_log(f"VMGuard: deleting VM {self.name} ({reason})")
         try:
             # Interrupted mid-insert: the VM may appear a moment after this; wait for the insert, then delete.
@@ -127,6 +165,9 @@ class VMGuard:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+        if self._busy:  # a second signal while this guard holds for uploads or deletes: hurry, do not start over
+            self._force = True
+            return
         self.cleanup(f"{name} received")
         previous = self._previous.get(signum)
         self._uninstall()

@@ -17,6 +17,17 @@ first statuses) -> `decide_row` per VM, pure and table-tested -> apply (delete /
 The last row catches a VM whose launcher died mid-insert, on this PC or another: its labels say who
 launched it and when, and a run-staged VM that never published `_status/RUN/VM.txt` is doing nothing.
 A corrupt state file does not stop any of this: the rows then come from labels alone.
+
+A run-staged VM (label ops-hpc-reports=status) also says where it is in its own status file; a VM past its
+purpose is deleted whoever launched it (the run-staged follower applies the same rules to its own VMs):
+
+| its status file says (state=)    | after                         | action                                          |
+|----------------------------------|-------------------------------|-------------------------------------------------|
+| booting / running                | -                             | none: working (a silent one: the row above)     |
+| preempted                        | -                             | none: GCE stops it; `--rerun RUN` re-runs the rest |
+| done / error                     | the VM deletes itself at once | none, then delete once still there DONE_GRACE_S |
+| self_delete_refused              | at once                       | delete (it may not delete itself; it stays up)  |
+| upload_failed, stranded=MODELS   | at once                       | rescue the zips over ssh into the bucket, then delete; rescue failed: warn, the VM keeps retrying until its max run end |
 """
 
 from __future__ import annotations
@@ -41,7 +52,34 @@ INSERT_WINDOW_S = 600.0
 FIRST_STATUS_S = 660.0
 FIRST_STATUS_LOCAL_S = 120.0
 
-NONE, DROP, DELETE, WARN = "none", "drop", "delete", "warn"
+# A VM that said done/error deletes itself within a second or two; still there this long after, it could not.
+DONE_GRACE_S = 10.0
+
+NONE, DROP, DELETE, WARN, RESCUE = "none", "drop", "delete", "warn", "rescue"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a run-staged VM's own status file says: its state, how old that is, what waits on its disk."""
+
+    state: str
+    age_s: float
+    stranded: tuple[str, ...] = ()
+
+
+def decide_report(report: Report | None) -> tuple[str, str] | None:
+    """(do, action) for a VM past its purpose by its own status file (the second table), or None. Pure."""
+    from lib.runstatus import SELF_DELETE_REFUSED, VM_DONE
+
+    if report is None or report.state not in VM_DONE:
+        return None  # still working, preempted (GCE stops it), or nothing said
+    if report.stranded:
+        return RESCUE, f"rescued: stranded result(s) {', '.join(report.stranded)}, then deleted"
+    if report.state == SELF_DELETE_REFUSED:
+        return DELETE, "deleted: its self-delete was refused"
+    if report.age_s >= DONE_GRACE_S:
+        return DELETE, f"deleted: reported {report.state} {report.age_s:.0f} s ago and is still there"
+    return None
 
 
 @dataclass(frozen=True)
@@ -55,6 +93,7 @@ class RowAction:
     kind: str  # running | stopped | orphan | cleaned | deleted | waiting: the result list it goes to
     warning: str = ""
     interrupted: tuple[str, ...] = ()
+    rescue: tuple[str, ...] = ()  # stranded results to copy off the VM before deleting it
 
 
 @dataclass(frozen=True)
@@ -119,9 +158,10 @@ def awaits_first_status(entry: Mapping[str, Any] | None, vm: Vm, now: float, *, 
 
 
 def decide_row(entry: Mapping[str, Any] | None, vm: Vm | None, now: float, *, owner_alive: bool = False,
-               reported: bool | None = None, first_status_s: float = FIRST_STATUS_S) -> RowAction:
+               reported: bool | None = None, first_status_s: float = FIRST_STATUS_S,
+               report: Report | None = None) -> RowAction:
     """One row of the table. `owner_alive`: the entry's owner process runs; `reported`: the VM published a
-    first status (None: not checked or unknown, which never deletes)."""
+    first status (None: not checked or unknown, which never deletes); `report`: its status file, if read."""
     jobs = _running_jobs(entry) if entry is not None else ()
     said = "nothing" if entry is None else ("job running" if jobs else "VM registered")
     if vm is None:
@@ -140,6 +180,14 @@ def decide_row(entry: Mapping[str, Any] | None, vm: Vm | None, now: float, *, ow
         return RowAction(said, gcp, DELETE, "deleted: its guarding process died", "deleted",
                          warning="({status}) was guarded by a process that died without cleaning up (killed, or "
                                  "the PC lost power): deleting it now", interrupted=jobs)
+    past = decide_report(report) if vm.status not in compute.STOPPED_STATES else None
+    if past is not None and report is not None:
+        do, action = past
+        what = f"stranded result(s) {', '.join(report.stranded)} on its disk" if do == RESCUE else \
+            f"{report.state} {report.age_s:.0f} s ago"
+        how = "copying them to the bucket over ssh, then deleting it" if do == RESCUE else "deleting it"
+        return RowAction(said, gcp, do, action, "deleted", warning=f"({{status}}, run {{run}}) reports {what}: {how}",
+                         rescue=report.stranded if do == RESCUE else ())
     silent = reported is False and awaits_first_status(entry, vm, now, owner_alive=owner_alive,
                                                        first_status_s=first_status_s)
     if silent:
@@ -179,6 +227,22 @@ def has_first_status(cfg: Config, vm: Vm) -> bool | None:
         return None
 
 
+def read_report(cfg: Config, vm: Vm, now: float) -> Report | None:
+    """The VM's `_status/RUN/VM.txt` as a Report (its age from the bucket's clock), or None if absent/unreadable."""
+    from lib.runstatus import parse_status, stranded
+
+    try:
+        where = cfg.replace(bucket=vm.bucket) if vm.bucket else cfg
+        blob = storage.get_blob(where, f"_status/{vm.run_id}/{vm.name}.txt")
+        if blob is None:
+            return None
+        status = parse_status(retry.google(blob.download_as_bytes).decode("utf-8", "replace"))
+    except Exception:  # an unreadable status decides nothing
+        return None
+    updated = blob.updated.timestamp() if blob.updated else now
+    return Report(status.get("state", ""), max(0.0, now - updated), tuple(stranded(status)))
+
+
 def _registered(state: SessionState, on_warn: Log) -> tuple[dict[str, dict[str, Any]], str]:
     """The entries, or none and why: a corrupt file must not stop the label-based rows."""
     try:
@@ -211,10 +275,14 @@ def reconcile(cfg: Config, *, on_log: Log = quiet, on_warn: Log = quiet, vms: li
         entry: dict[str, Any] | None = registered.get(name)
         vm = live.get(name)
         alive = entry is not None and owner_alive(entry)
-        reported = None
-        if vm is not None and awaits_first_status(entry, vm, now, owner_alive=alive, first_status_s=window):
+        reported, report = None, None
+        if vm is not None and vm.reports_status and vm.status not in compute.STOPPED_STATES:
+            report = read_report(cfg, vm, now)
+            reported = True if report is not None else None
+        if reported is None and vm is not None and awaits_first_status(entry, vm, now, owner_alive=alive,
+                                                                       first_status_s=window):
             reported = has_first_status(cfg, vm)
-        row = decide_row(entry, vm, now, owner_alive=alive, reported=reported, first_status_s=window)
+        row = decide_row(entry, vm, now, owner_alive=alive, reported=reported, first_status_s=window, report=report)
         _apply(cfg, state, name, entry, vm, row, result, now=now, dry_run=dry_run, on_log=on_log, on_warn=on_warn)
 
     if recover_downloads and not dry_run:
@@ -244,7 +312,10 @@ def _apply(cfg: Config, state: SessionState, name: str, entry: Mapping[str, Any]
             state.unregister_vm(name)
             result.cleaned.append(name)
             on_log(f"session state: {name} no longer exists; entry removed")
-    elif row.do == DELETE:
+    elif row.do == RESCUE and not dry_run:
+        assert vm is not None
+        action = _rescue_and_delete(cfg, state, vm, row.rescue, result, on_log=on_log, on_warn=on_warn) or action
+    elif row.do in (DELETE, RESCUE):
         assert vm is not None
         if dry_run:
             action = "would delete: " + action.split(": ", 1)[1]
@@ -262,6 +333,34 @@ def _apply(cfg: Config, state: SessionState, name: str, entry: Mapping[str, Any]
     elif row.kind == "orphan":
         result.orphans.append(name)
     result.rows.append(Row(name, row.state_says, row.gcp_says, action))
+
+
+def _rescue_and_delete(cfg: Config, state: SessionState, vm: Vm, models: tuple[str, ...], result: ReconcileResult,
+                       *, on_log: Log, on_warn: Log) -> str:
+    """Copy the VM's stranded zips into the bucket (lib/controls.py), then delete it; '' when done, else why not."""
+    from lib import controls
+
+    where = cfg.replace(zone=vm.zone or cfg.zone, bucket=vm.bucket or cfg.bucket)
+    try:
+        rescued = set(controls.rescue_stranded(where, vm.name, on_log=on_log))
+        # a zip not rescued may have gone up meanwhile through the VM's own retry
+        left = [m for m in models if f"{vm.run_id}/{m}.zip" not in rescued and
+                storage.get_blob(where, f"{vm.run_id}/{m}.zip") is None]
+    except Exception as exc:  # ssh closed, VM busy: the VM keeps retrying its uploads itself
+        on_warn(f"warning: could not rescue the stranded results of {vm.name} ({exc}); it keeps retrying the "
+                "uploads until its max run end; `make emergency NAME=" + vm.name + "` tries again")
+        return f"rescue failed: {exc}"
+    if left:
+        on_warn(f"warning: {vm.name}: stranded result(s) {', '.join(left)} not rescued (incomplete zips?): kept; "
+                f"`make emergency NAME={vm.name}` tries again")
+        return "rescue incomplete: kept"
+    try:
+        compute.delete_vm(where, vm.name, on_log=on_log, state=state)
+        result.deleted.append(vm.name)
+    except Exception as exc:
+        on_warn(f"warning: could not delete {vm.name}: {exc}; `bin/sweep` will retry")
+        return f"delete failed: {exc}"
+    return ""
 
 
 def _recover_downloads(cfg: Config, on_log: Log) -> list[str]:

@@ -5,6 +5,8 @@
         to on_line and a log file -> on deadline: kill it (what it wrote stays) -> push its folder to
         gs://BUCKET/<job>_<stamp>/ in the background
     -> wait for the pushes -> delete the VM -> disarm
+Interrupted (Ctrl+C, kill), the guard also waits for the pushes in flight (upload_timeout_min at most;
+a second Ctrl+C deletes the VM at once), so a finished job's results are not cut off mid-upload.
 
 A job that fails or times out does not stop the run: the next job starts. The jobs file is the batch
 format (lib/batches.py). Deadlines are extended with `make extend MINUTES=N` from any terminal
@@ -115,7 +117,9 @@ def run_jobs(
                            image=image, metadata={"ops-hpc-bucket": cfg.bucket_name})
     on_log(f"run {run_id}: {len(batch.models)} job(s) on {name}; results to gs://{cfg.bucket_name}/")
     uploads: list[threading.Thread] = []
-    with VMGuard(cfg, name, on_log=on_log, state=state) as guard:  # entered first: it covers the creation too
+    limit = cfg.upload_timeout_min * minute_s
+    # entered first: it covers the creation too; an interrupt lets the pushes in flight finish (at most `limit`)
+    with VMGuard(cfg, name, on_log=on_log, state=state, pending=lambda: uploads, hold_s=limit) as guard:
         compute.create_vm(cfg, spec, on_log=on_log, state=state)
         ssh.wait_for_ssh(cfg, name, ssh_timeout, on_log=on_log)
         push.install_tools(cfg, name, on_log=on_log)
@@ -129,7 +133,6 @@ def run_jobs(
                 on_log(f"VM {name} is gone (deleted or preempted): the run stops here")
                 break
             uploads.append(_push_in_background(cfg, name, job.name, result, on_log, push_method))
-        limit = cfg.upload_timeout_min * minute_s
         waited = time.monotonic()
         for thread in uploads:
             thread.join(max(0.0, limit - (time.monotonic() - waited)))

@@ -4,7 +4,7 @@ The writer is vm-scripts/run_analysis.sh (`status_text`); the readers are the ru
 `make log` (lib/runlog.py) and anything else that asks "where is that run?". Status files are
 `key=value` lines:
 
-    format=1  run_id=  vm=  state=booting|running|done|error|preempted|upload_failed|retrying_upload
+    format=1  run_id=  vm=  state=booting|running|done|error|preempted|upload_failed|self_delete_refused
     models=N  current=i  current_model=NAME  current_timeout_s=  started=  updated=  last_upload=EPOCH
     cores=N  cores_busy=N  running=NAME,NAME   (a packed VM runs several models at once: every one is here;
                                                current=i counts the models started, current_model is one of them)
@@ -24,7 +24,8 @@ from lib import storage
 from lib.config import Config
 
 FINAL = ("ok", "failed", "timeout")  # a model with one of these has a result (in the bucket or pulled)
-VM_DONE = ("done", "error", "upload_failed")  # the VM ran its last model and will delete itself (or is kept)
+SELF_DELETE_REFUSED = "self_delete_refused"  # the VM finished but may not delete itself: it waits for the PC
+VM_DONE = ("done", "error", "upload_failed", SELF_DELETE_REFUSED)  # ran its last model; deletes itself (or is kept)
 UNFINISHED = ("pending", "running", "uploading", "interrupted")  # a model that still needs a VM
 
 

@@ -134,19 +134,21 @@ def _local_path(info: dict[str, Any], remote: str) -> Path:
 
 
 def _popen(cfg: Config, name: str, command: str) -> subprocess.Popen:
-    common: dict[str, Any] = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Its own process group: a terminal's Ctrl+C goes to ops-hpc (its guard decides), not straight to ssh, so
+    # a push in flight is not cut off while the guard lets it finish.
+    from lib.localcloud import LocalCloudError, winshell
+
+    common: dict[str, Any] = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  **winshell.session_kwargs())
     if cfg.local:
         info = local_vm(cfg, name)
         if info.get("status") != "RUNNING" or not info.get("metadata_host"):
             raise SshConnectionError(f"VM {name} is {info.get('status')}: ssh: connect to host {name}: Connection refused")
-        from lib.localcloud import LocalCloudError, winshell
-
         try:
             bash = winshell.shell()  # Git Bash on Windows, never System32's WSL launcher
         except LocalCloudError as exc:
             raise OpsError(str(exc)) from None
-        return subprocess.Popen([*bash, "-c", command], cwd=info["disk"], env=_local_env(info), **common,
-                                **winshell.session_kwargs())
+        return subprocess.Popen([*bash, "-c", command], cwd=info["disk"], env=_local_env(info), **common)
     cfg = cfg.require_project()
     return subprocess.Popen(ssh_argv(cfg, name, command, gcloud=gcloud_executable()), **common)
 

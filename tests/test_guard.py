@@ -237,3 +237,65 @@ def test_sigkill_during_the_insert_then_status_keeps_the_entry_and_deletes_the_v
     assert poll_until(lambda: compute.get_vm(vms.cfg, name), 30, 0.1), "the queued insert never landed"
     late = reconcile(vms.cfg, on_log=vms.log, on_warn=vms.log)
     assert name in late.deleted and compute.get_vm(vms.cfg, name) is None
+
+
+# ----------------------------------------------------------------------------- uploads in flight hold the delete
+
+
+@pytest.fixture
+def held(monkeypatch):
+    """A guard with no cloud: deletes are recorded with whether the stand-in push was still running."""
+    import threading
+
+    monkeypatch.setattr(VMGuard, "_mark", lambda self, guarded: None)
+    monkeypatch.setattr(compute, "settle_insert", lambda name, **kw: None)
+    release = threading.Event()
+    push = threading.Thread(target=release.wait, args=(60,), name="push-job1", daemon=True)
+    push.start()
+    deletes: list[bool] = []  # push still running at the delete?
+    monkeypatch.setattr(compute, "delete_vm", lambda cfg, name, **kw: deletes.append(push.is_alive()) or True)
+    logs: list[str] = []
+    yield types.SimpleNamespace(push=push, release=release, deletes=deletes, logs=logs)
+    release.set()
+
+
+@posix_only
+def test_an_interrupt_lets_the_push_in_flight_finish_before_the_delete(held):
+    import threading
+
+    threading.Timer(0.5, held.release.set).start()  # the push ends half a second after the Ctrl+C
+    with pytest.raises(KeyboardInterrupt), VMGuard(object(), "vm-x", on_log=held.logs.append,
+                                                   pending=lambda: [held.push], hold_s=60) as g:
+        g._on_signal(signal.SIGINT, None)
+    assert held.deletes == [False], held.logs  # deleted once, after the push ended
+    assert "VMGuard: waiting up to 60 s for 1 upload(s) in flight (push-job1) before deleting VM vm-x; Ctrl+C " \
+           "again deletes it now" in held.logs
+
+
+@posix_only
+def test_a_second_interrupt_deletes_at_once(held):
+    import threading
+    import time
+
+    threading.Timer(0.5, os.kill, args=(os.getpid(), signal.SIGINT)).start()  # the second Ctrl+C
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), VMGuard(object(), "vm-x", on_log=held.logs.append,
+                                                   pending=lambda: [held.push], hold_s=600) as g:
+        g._on_signal(signal.SIGINT, None)
+    assert held.deletes == [True] and time.monotonic() - t0 < 30, held.logs  # not the 600 s hold
+    assert any("second interrupt: deleting VM vm-x now; upload(s) push-job1 will not finish" in x for x in held.logs)
+
+
+def test_the_hold_is_bounded_by_the_upload_timeout(held):
+    with VMGuard(object(), "vm-x", on_log=held.logs.append, pending=lambda: [held.push], hold_s=1):
+        pass  # normal exit: the same hold
+    assert held.deletes == [True]
+    assert any("still running after 1 s: deleting VM vm-x now" in x for x in held.logs), held.logs
+
+
+def test_nothing_in_flight_deletes_at_once(held):
+    held.release.set()
+    held.push.join()
+    with VMGuard(object(), "vm-x", on_log=held.logs.append, pending=lambda: [held.push], hold_s=600):
+        pass
+    assert held.deletes == [False] and not any("waiting" in x for x in held.logs)

@@ -284,15 +284,66 @@ def test_a_vm_whose_self_delete_is_refused_is_deleted_by_the_follower(cfg, image
     (base / "batch.txt").write_text("m timeout=10\n")  # roomy: the machine may be busy
     run_id = stage.new_run_id()
     name = naming.vm_name(run_id)
-    faults("compute", "http:403", count=1, match=f"^DELETE .*/instances/{name}$")  # the VM's own delete only
+    faults("metadata", "deny:compute.instances.delete", match=f"/{name} ")  # its account lacks the permission
     logs: list[str] = []
     out = runstaged.run_staged(cfg, base / "batch.txt", wait=True, run_id=run_id, results_dir=tmp_path / "r",
                                image=image, on_log=logs.append, tail=False)
     assert {r["model"]: r["state"] for r in out.rows} == {"m": "ok"}
-    assert any("self-delete was refused" in line for line in logs), "\n".join(logs)
+    assert any(f"{name}: reports its self-delete was refused: deleting it" in line for line in logs), "\n".join(logs)
     assert compute.get_vm(cfg, name) is None and out.deleted_how[name] == "delete"
     print(f"\nFIGURE self-delete refused: VM deleted {out.upload_to_delete_s[name]:.1f} s after its last upload")
     assert out.upload_to_delete_s[name] < 30
+
+
+@pytest.mark.parametrize("net", ["status", "sweep"])
+def test_a_vm_whose_self_delete_is_refused_is_deleted_by_status_or_sweep(cfg, image, tmp_path, faults, net):
+    from lib import status as status_mod
+    from lib import sweep as sweep_mod
+
+    base = tmp_path / "batch"
+    _tcl(base, "m", "puts hi\n")
+    (base / "batch.txt").write_text("m timeout=10\n")  # roomy: the machine may be busy
+    run_id = stage.new_run_id()
+    name = naming.vm_name(run_id)
+    faults("metadata", "deny:compute.instances.delete", match=f"/{name} ")  # its account lacks the permission
+    runstaged.run_staged(cfg, base / "batch.txt", run_id=run_id, image=image)  # no wait: nobody follows it
+    warned: list[str] = []
+    call = {"status": lambda: status_mod.status(cfg, on_warn=warned.append),
+            "sweep": lambda: sweep_mod.sweep(cfg, on_warn=warned.append)}[net]
+    _wait_for(lambda: call() is not None and compute.get_vm(cfg, name) is None, 120, f"{net} to delete the VM")
+    gone_at = time.time()
+    status = _status(cfg, run_id, name)
+    assert status["state"] == "self_delete_refused" and status["per_model"]["m"]["state"] == "ok"
+    assert any(f"VM {name} " in w and "reports self_delete_refused" in w for w in warned), warned
+    assert storage.get_blob(cfg, f"{run_id}/m.zip") is not None
+    print(f"\nFIGURE self-delete refused, no follower: {net} deleted the VM "
+          f"{gone_at - float(status['last_upload']):.1f} s after its last upload")
+
+
+def test_a_result_stranded_by_a_503_storm_is_reported_then_rescued_by_the_sweep(cfg, image, tmp_path, faults):
+    from lib import sweep as sweep_mod
+
+    base = tmp_path / "batch"
+    _tcl(base, "m", "puts hi\n")
+    (base / "batch.txt").write_text("m timeout=10\n")
+    run_id = stage.new_run_id()
+    name = naming.vm_name(run_id)
+    faults("storage", "http:503", count=10_000, match=f"uploadType=media&name={run_id}%2Fm\\.zip")
+    t0 = time.time()
+    runstaged.run_staged(cfg, base / "batch.txt", run_id=run_id, image=image)  # no wait: nobody follows it
+    status = _wait_for(lambda: (s := _status(cfg, run_id, name)).get("stranded") == "m" and s, 240,
+                       "the VM to report m stranded")
+    started = time.time()
+    print(f"\nFIGURE 503 storm: result reported stranded {started - t0:.1f} s after the launch began "
+          f"(the model's upload gave up after one round of backoff)")
+    assert status["per_model"]["m"]["state"] == "upload_failed"
+    warned, logs = [], []
+    _wait_for(lambda: sweep_mod.sweep(cfg, on_warn=warned.append, on_log=logs.append) is not None and
+              compute.get_vm(cfg, name) is None, 120, "the sweep to rescue and delete the VM")
+    assert any("reports stranded result(s) m on its disk: copying them" in w for w in warned), warned
+    assert any(f"rescued {name}:" in line for line in logs), logs
+    assert storage.get_blob(cfg, f"{run_id}/m.zip") is not None  # the PC's upload went through the storm
+    print(f"FIGURE 503 storm: the sweep rescued the result and deleted the VM {time.time() - started:.1f} s later")
 
 
 def test_a_result_whose_upload_fails_for_good_is_rescued_before_the_vm_is_deleted(cfg, image, tmp_path, faults):

@@ -105,3 +105,32 @@ def test_sigint_during_a_job_deletes_the_vm(localcloud, tmp_path):
     assert len(log.read_text()) == size  # OpenSees stopped with the VM
     assert not os.path.exists(disk)
     compute.delete_vm(cfg, name, on_log=quiet)  # (no-op) nothing left behind
+
+
+def test_sigint_while_a_push_uploads_lets_it_finish_and_seal_before_the_delete(localcloud, tmp_path, faults):
+    state_dir = tmp_path / "state"
+    cfg = vm_config(localcloud, state_dir)
+    image = opensees_image(cfg)
+    jobs = jobs_file(tmp_path / "jobs", ["many timeout=5", "endless timeout=60"], models=("endless",))
+    (jobs.parent / "many").mkdir()
+    (jobs.parent / "many" / "main.tcl").write_text(
+        "for {set i 0} {$i < 30} {incr i} { set f [open out_$i.txt w]; puts $f $i; close $f }\n")
+    faults("storage", "delay", count=10_000, match="name=many_", seconds=0.3)  # job 1's push takes ~10 s
+    name = unique("sigpush")
+    code = CHILD.format(repo=str(REPO), jobs=str(jobs), name=name, image=image, logs=str(tmp_path / "logs"))
+    child = subprocess.Popen([sys.executable, "-c", code], env=localcloud.env(state_dir=state_dir),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = tmp_path / "logs" / "endless.log"
+        wait_for(lambda: log.exists() and "step 3" in log.read_text(), timeout=60)  # job 2 runs, job 1 pushes
+        os.kill(child.pid, signal.SIGINT)
+        out, _ = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, out
+    assert f"before deleting VM {name}; Ctrl+C again deletes it now" in out, out
+    assert out.index("pushed many -> ") < out.index(f"VMGuard: deleting VM {name}"), out
+    assert compute.get_vm(cfg, name) is None
+    names = [b.name for b in storage.list_blobs(cfg, "many_")]
+    assert sum(1 for n in names if "/out_" in n) == 30 and any(n.endswith("/MANIFEST.json") for n in names), names

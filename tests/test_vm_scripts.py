@@ -181,3 +181,51 @@ def test_calc_does_float_arithmetic_with_awk():
     assert _bash('ops_calc "1.75 - 0.5"').strip() == "1.250"
     assert _bash('ops_calc "(12.5 >= 12)"').strip() == "1.000"
     assert _bash('ops_calc "(2 * 2 > 3) ? 3 : 4"').strip() == "3.000"
+
+
+# A fake `curl` and `sleep` (bash functions win over commands): every HTTP call and every wait is counted,
+# none is made. CURL_CODES: the HTTP status of each call in turn (the last one repeats); the count lives
+# in the trace file because calls run in $(...) subshells.
+FAKE_NET = r'''
+curl() { local codes=($CURL_CODES) i; i=$(grep -c '^curl' "$TRACE"); echo "curl $*" >> "$TRACE"
+         [ "$i" -ge "${#codes[@]}" ] && i=$((${#codes[@]} - 1)); printf '%s' "${codes[$i]}"; }
+sleep() { echo "sleep $1" >> "$TRACE"; }
+shutdown() { echo "shutdown $*" >> "$TRACE"; }
+ops_token() { echo tok; }
+ops_md() { case "$1" in project/project-id) echo p ;; instance/zone) echo projects/p/zones/z ;; *) echo vm1 ;; esac; }
+'''
+
+
+def _traced(tmp_path: Path, code: str, codes: str) -> tuple[str, list[str]]:
+    import os
+
+    trace = tmp_path / "trace"
+    trace.write_text("")
+    env = {**os.environ, "TRACE": str(trace), "CURL_CODES": codes, "OPS_BUCKET": "b"}
+    env.pop("OPS_HPC_VM_ROOT", None)
+    out = _bash(FAKE_NET + code, env)
+    return out, trace.read_text().splitlines()
+
+
+def test_a_result_upload_in_a_503_storm_gives_up_after_one_round_of_backoff(tmp_path):
+    # ops_curl's own retries are the whole budget: 8 calls over 91 s of backoff (not 3 rounds: 24 calls,
+    # ~279 s), so the VM reports the result stranded within ~1.5 minutes and its slower retry takes over.
+    (tmp_path / "r.zip").write_bytes(b"zip")
+    out, trace = _traced(tmp_path, f'ops_gcs_upload_verified "{tmp_path}/r.zip" run/m.zip && echo OK || echo FAILED',
+                         "503")
+    assert out.strip().endswith("FAILED")
+    assert sum(1 for t in trace if t.startswith("curl")) == 8
+    assert sum(int(t.split()[1]) for t in trace if t.startswith("sleep")) == 91
+
+
+def test_a_refused_self_delete_is_retried_then_published_and_the_vm_stays_up(tmp_path):
+    out, trace = _traced(tmp_path, 'ops_self_delete_or_stay echo PUBLISHED-REFUSED; echo "rc=$?"', "403")
+    assert out.split() == ["PUBLISHED-REFUSED", "rc=1"]
+    assert [t.split()[0] for t in trace] == ["curl", "sleep", "curl", "sleep", "curl"]  # 3 tries, 1 s then 2 s
+    assert all("-X DELETE" in t and t.endswith("/projects/p/zones/z/instances/vm1") for t in trace if t[:4] == "curl")
+    assert not any(t.startswith("shutdown") for t in trace)  # never powered off: a stop cancels maxRunDuration
+
+
+def test_a_self_delete_refused_once_goes_through_on_its_retry(tmp_path):
+    out, trace = _traced(tmp_path, 'ops_self_delete_or_stay echo PUBLISHED-REFUSED; echo "rc=$?"', "403 200")
+    assert out.split() == ["rc=0"] and [t.split()[0] for t in trace] == ["curl", "sleep", "curl"]

@@ -30,7 +30,9 @@
 #   ops_crc32c FILE                 -> base64 CRC32C as GCS reports it
 #   ops_pyhelp COMMAND ARGS...      -> python3 helpers in ops_helpers.py (crc32c, snapshot, result, seal, ...)
 #   ops_calc EXPR                   -> floating-point arithmetic through awk, 3 decimals
-#   ops_self_delete                 -> ask Compute Engine to delete this VM (falls back to poweroff on GCE)
+#   ops_self_delete                 -> ask Compute Engine to delete this VM (exit 1 if refused; never powers off)
+#   ops_self_delete_or_stay CMD...  -> self-delete, retried with backoff; if still refused, run CMD (publish
+#                                      state=self_delete_refused) and stay up for the PC or maxRunDuration
 # Variables: OPS_BUCKET must be set before the gcs functions are used.
 
 OPS_METADATA_HOST="${GCE_METADATA_HOST:-metadata.google.internal}"
@@ -118,15 +120,16 @@ ops_gcs_upload() {
 }
 
 ops_gcs_upload_verified() {
+  # A failed upload is not tried again here: ops_curl has already retried it (OPS_ATTEMPTS calls, ~90 s of
+  # backoff), and the caller's own retry (run_analysis.sh: until the max run end) takes over. Only a CRC32C
+  # mismatch (bytes damaged on the way) uploads the file again at once.
   local file="$1" object="$2" want got resource attempt
   want=$(ops_crc32c "$file") || return 1
   for attempt in 1 2 3; do
-    if resource=$(ops_gcs_upload "$file" "$object" "${3:-application/octet-stream}"); then
-      got=$(printf '%s' "$resource" | ops_json_field crc32c)
-      if [ "$got" = "$want" ]; then return 0; fi
-      ops_log "gs://${OPS_BUCKET}/${object}: CRC32C ${got:-none} != local ${want} (attempt ${attempt}); uploading again"
-    fi
-    sleep "$attempt"
+    resource=$(ops_gcs_upload "$file" "$object" "${3:-application/octet-stream}") || return 1
+    got=$(printf '%s' "$resource" | ops_json_field crc32c)
+    if [ "$got" = "$want" ]; then return 0; fi
+    ops_log "gs://${OPS_BUCKET}/${object}: CRC32C ${got:-none} != local ${want} (attempt ${attempt}); uploading again"
   done
   return 1
 }
@@ -206,9 +209,9 @@ ops_calc() { awk "BEGIN { printf \"%.3f\n\", ($1) }"; }
 
 ops_self_delete() {
   # DELETE this instance through the Compute API with the VM's own token. A VM cannot outlive that
-  # call on the local cloud; on GCE the guest is shut down while the API removes it. If the API
-  # refuses (e.g. the service account lacks compute.instances.delete), power off so at least the
-  # machine stops billing; maxRunDuration then deletes the instance and its disk.
+  # call on the local cloud; on GCE the guest is shut down while the API removes it. Refused (e.g. the
+  # service account lacks compute.instances.delete): exit 1 and leave the VM up. Never power off: on GCE a
+  # stop clears the termination time, so maxRunDuration would no longer delete the VM or its disk.
   local project zone name token tmp code
   project=$(ops_md project/project-id) || return 1
   zone=$(ops_md instance/zone) || return 1
@@ -222,9 +225,23 @@ ops_self_delete() {
   if [ "$code" = "200" ]; then rm -f "$tmp"; return 0; fi
   ops_log "self-delete refused: HTTP ${code} $(head -c 300 "$tmp")"
   rm -f "$tmp"
-  if [ -z "${OPS_HPC_VM_ROOT:-}" ] && command -v shutdown >/dev/null 2>&1; then
-    ops_log "powering off instead; max run duration deletes the instance"
-    shutdown -h now
-  fi
+  return 1
+}
+
+OPS_SELF_DELETE_TRIES="${OPS_SELF_DELETE_TRIES:-3}"  # a refusal may be a passing IAM hiccup: 1 s, 2 s, ... between tries
+
+ops_self_delete_or_stay() {
+  # ops_self_delete_or_stay CMD ARGS... : self-delete, retried with backoff. Still refused: run CMD (it
+  # publishes state=self_delete_refused, on which the PC's follow/status/sweep delete this VM at once) and
+  # return 1 with the VM left RUNNING, so its max run duration still deletes VM and disk.
+  local try wait=1
+  for ((try = 1; try <= OPS_SELF_DELETE_TRIES; try++)); do
+    ops_self_delete && return 0
+    [ "$try" -lt "$OPS_SELF_DELETE_TRIES" ] || break
+    sleep "$wait"
+    wait=$((wait * 2))
+  done
+  ops_log "self-delete refused ${OPS_SELF_DELETE_TRIES} time(s): staying up (a stop would cancel the max run duration); the PC deletes this VM"
+  "$@"
   return 1
 }

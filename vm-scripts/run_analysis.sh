@@ -31,6 +31,8 @@
 # with backoff until shortly before its max run end, so the following PC or `make emergency` can copy
 # the zip off its disk meanwhile. A script that dies early publishes state=error (the PC deletes the
 # VM at once); SIGTERM (spot preemption, shutdown) publishes state=preempted with the unfinished models.
+# A self-delete refused for good (no compute.instances.delete) publishes state=self_delete_refused and the
+# VM stays up (never powered off: a stop would cancel its max run duration); the PC deletes it at once.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -106,8 +108,17 @@ finish() {
     ops_log "keeping this VM: results are on its disk under ${WORK}; max run duration deletes it"
     exit 1
   fi
-  ops_self_delete
+  ops_self_delete_or_stay publish_refused
   exit 0
+}
+
+# shellcheck disable=SC2329  # invoked through ops_self_delete_or_stay
+publish_refused() {
+  # the VM's delete was refused (IAM): say so, so the PC deletes it now; the models' outcomes stay as they are
+  ERROR="${ERROR:+${ERROR}; }self-delete refused after state ${STATE}; waiting for the PC (follow/status/sweep) or the max run end"
+  STATE="self_delete_refused"
+  publish_status
+  upload_runlog
 }
 
 # shellcheck disable=SC2329  # invoked by the TERM trap
@@ -144,7 +155,7 @@ on_exit() {
   ops_log "$ERROR"
   publish_status
   upload_runlog
-  [ "${#STRANDED[@]}" -eq 0 ] && ops_self_delete
+  [ "${#STRANDED[@]}" -eq 0 ] && ops_self_delete_or_stay publish_refused
 }
 trap on_exit EXIT
 

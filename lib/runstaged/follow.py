@@ -11,6 +11,7 @@ The rules live in `plan`, which touches nothing, so they are table-tested withou
   bucket or on the PC) relaunched: as spot `spot_retries` times per chain, then on demand if allowed;
   finished models are never rerun; any other loss is reported in `lost`;
 - a VM that reports done and is still there `done_grace_s` later (its self-delete was refused) is deleted;
+  one that reports self_delete_refused is deleted at once;
 - a VM that reports stranded results (their upload failed) has them rescued first, then is deleted;
 - a result set the pull refused is retried only when its generation changes or after a backoff, and it
   is logged once per generation; when no VM is left, such a model is lost (its result stays in the bucket).
@@ -29,7 +30,7 @@ from lib.config import Config
 from lib.log import Log, quiet
 from lib.naming import vm_name
 from lib.runstaged.launch import VmRun, launch
-from lib.runstatus import FINAL, VM_DONE, read_statuses, running_models, stranded
+from lib.runstatus import FINAL, SELF_DELETE_REFUSED, VM_DONE, read_statuses, running_models, stranded
 from lib.stage import StagedModel
 
 if TYPE_CHECKING:
@@ -146,6 +147,8 @@ def plan(obs: Observation, followed: Followed, policy: Policy = Policy()) -> Act
         elif vm.name in obs.present and state in VM_DONE and vm.name not in followed.deleted:
             if stranded(status) and vm.name not in followed.rescued:
                 acts.rescue.append(vm.name)
+            elif state == SELF_DELETE_REFUSED:  # it said so itself: no grace to wait out
+                acts.delete.append(vm.name)
             elif vm.name not in followed.done_seen:
                 acts.done_seen.append(vm.name)
             elif obs.now - followed.done_seen[vm.name] >= policy.done_grace_s:
@@ -261,8 +264,11 @@ class Follower:
             self._rescue_and_delete(name, obs)
         for name in acts.delete:
             vm = self._vm(name)
-            log(f"{name}: reported {vm.state} but is still there {obs.now - f.done_seen.get(name, obs.now):.0f} s "
-                "later (its self-delete was refused?): deleting it")
+            if vm.state == SELF_DELETE_REFUSED:
+                log(f"{name}: reports its self-delete was refused: deleting it")
+            else:
+                log(f"{name}: reported {vm.state} but is still there {obs.now - f.done_seen.get(name, obs.now):.0f} "
+                    "s later (its self-delete was refused?): deleting it")
             compute.delete_vm(self.cfg, name, on_log=log, state=self.state)
             f.deleted.append(name)
         for name in acts.gone:

@@ -70,6 +70,14 @@ def test_done_vm_still_there_is_deleted_after_the_grace():
     assert not plan(Observation(now=20.0, present={"vm1"}), f, Policy(done_grace_s=5)).delete  # once
 
 
+def test_a_vm_whose_self_delete_was_refused_is_deleted_at_once():
+    f = _followed(_vm(state="self_delete_refused"), pulled={"a": "cleaned", "b": "cleaned"})
+    acts = plan(Observation(now=10.0, present={"vm1"}), f, Policy(done_grace_s=5))
+    assert acts.delete == ["vm1"] and not acts.done_seen  # no grace: the VM said it cannot delete itself
+    f.deleted.append("vm1")
+    assert not plan(Observation(now=10.5, present={"vm1"}), f).delete  # once
+
+
 def test_vm_with_stranded_results_is_rescued_before_any_delete():
     vm = _vm(state="upload_failed", stranded="b")
     f = _followed(vm, pulled={"a": "cleaned"})

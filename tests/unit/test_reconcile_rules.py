@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 
 from lib.compute import Vm
-from lib.reconcile import DELETE, DROP, INSERT_WINDOW_S, NONE, WARN, awaits_first_status, decide_row
+from lib.reconcile import (
+    DELETE,
+    DONE_GRACE_S,
+    DROP,
+    INSERT_WINDOW_S,
+    NONE,
+    RESCUE,
+    WARN,
+    Report,
+    awaits_first_status,
+    decide_row,
+)
 
 NOW = 1_000_000.0
 WINDOW = 120.0
@@ -108,3 +119,80 @@ def test_owner_liveness_uses_pid_start_time_and_host():
     assert owner_alive({"owner": {"pid": 1, "create_time": 1.0, "host": "another-pc", "since": 0}})  # cannot check
     assert owner_alive({"owner_pid": os.getpid(), "owner_started": None})  # files written before the owner record
     assert not owner_alive({})
+
+
+REPORTER = {"reports_status": True, "launched": int(NOW - 3600)}
+REPORTS = [
+    # (case, report, vm status, do, action starts with)
+    ("self-delete refused: at once", Report("self_delete_refused", 0.5), "RUNNING", DELETE,
+     "deleted: its self-delete was refused"),
+    ("done, still there after the grace", Report("done", DONE_GRACE_S), "RUNNING", DELETE, "deleted: reported done"),
+    ("error, still there after the grace", Report("error", DONE_GRACE_S + 5), "RUNNING", DELETE,
+     "deleted: reported error"),
+    ("done moments ago: its own delete is under way", Report("done", 2.0), "RUNNING", WARN, "warned: orphan"),
+    ("stranded results: rescued first", Report("upload_failed", 0.0, ("m",)), "RUNNING", RESCUE,
+     "rescued: stranded result(s) m"),
+    ("stranded and refused: the rescue comes first", Report("self_delete_refused", 0.0, ("m",)), "RUNNING", RESCUE,
+     "rescued"),
+    ("running: working", Report("running", 999.0), "RUNNING", WARN, "warned: orphan"),
+    ("running with a stranded model: later models still run", Report("running", 999.0, ("m",)), "RUNNING", WARN,
+     "warned: orphan"),
+    ("preempted: GCE stops it", Report("preempted", 999.0), "RUNNING", WARN, "warned: orphan"),
+    ("done but stopped: the stopped row", Report("done", 999.0), "TERMINATED", WARN, "warned: orphan"),
+]
+
+
+@pytest.mark.parametrize(("case", "report", "status", "do", "action"), REPORTS, ids=[r[0] for r in REPORTS])
+def test_a_vm_past_its_purpose_by_its_own_status(case, report, status, do, action):
+    row = decide_row(None, vm(status=status, **REPORTER), NOW, reported=True, first_status_s=WINDOW, report=report)
+    assert row.do == do, case
+    assert row.action.startswith(action), row.action
+    assert row.rescue == (report.stranded if do == RESCUE else ())
+
+
+def test_a_dead_guard_still_wins_over_the_status_file():
+    row = decide_row(entry(guarded=True), vm(**REPORTER), NOW, report=Report("upload_failed", 0.0, ("m",)))
+    assert row.do == DELETE and row.action.startswith("deleted: its guarding process died")
+
+
+def test_the_transitional_states_table_names_every_state_the_vm_publishes():
+    import re
+
+    import lib.reconcile as rec
+    from lib.runstatus import VM_DONE
+
+    script = (__import__("pathlib").Path(rec.__file__).parents[1] / "vm-scripts" / "run_analysis.sh").read_text()
+    published = set(re.findall(r'\bSTATE="([a-z_]+)"', script)) | set(re.findall(r"\bfinish ([a-z_]+)", script))
+    assert published >= set(VM_DONE) - {"done"} | {"preempted"}
+    for state in published | set(VM_DONE):
+        assert state in (rec.__doc__ or ""), f"state {state} is missing from reconcile's table"
+
+
+@pytest.mark.parametrize(("rescue", "in_bucket", "deleted", "warning"), [
+    (["run-1/m.zip"], False, True, None),  # rescued: deleted
+    ([], True, True, None),  # the VM's own retry got it up meanwhile: deleted
+    ([], False, False, "not rescued"),  # an incomplete zip: kept
+    (OSError("ssh: connection refused"), False, False, "keeps retrying the uploads until its max run end"),
+])
+def test_a_stranded_vm_is_deleted_only_once_its_results_are_in_the_bucket(tmp_path, monkeypatch, rescue, in_bucket,
+                                                                           deleted, warning):
+    from lib import compute, controls, reconcile, storage
+    from lib.config import Config
+
+    cfg = Config.load({"backend": "local", "state_dir": str(tmp_path)}, env={}, path="")
+
+    def rescue_stranded(where, name, **kw):
+        if isinstance(rescue, Exception):
+            raise rescue
+        return rescue
+
+    monkeypatch.setattr(controls, "rescue_stranded", rescue_stranded)
+    monkeypatch.setattr(storage, "get_blob", lambda where, name: object() if in_bucket else None)
+    gone: list[str] = []
+    monkeypatch.setattr(compute, "delete_vm", lambda where, name, **kw: gone.append(name) or True)
+    warned: list[str] = []
+    result = reconcile.ReconcileResult()
+    why = reconcile._rescue_and_delete(cfg, None, vm(**REPORTER), ("m",), result, on_log=lambda _: None,
+                                       on_warn=warned.append)
+    assert (gone == ["v"]) is deleted and (result.deleted == ["v"]) is deleted and (why == "") is deleted
+    assert warning is None and not warned or warning in warned[0], warned
