@@ -132,7 +132,7 @@ on_term() {
   exec >> "$RUNLOG" 2>&1
   FINISHED=1
   STATE="preempted"
-  sync_phases
+  sync_phases term
   for name in "${!PID[@]}"; do MSTATE[$name]="interrupted"; done
   ops_log "SIGTERM: the VM is being stopped (preempted?)"
   publish_status
@@ -274,6 +274,7 @@ run_model() {
 sync_phases() {
   # Read what the running models' subshells reported: free the cores of those past their run, record the
   # outcome of those that ended. Sets CHANGED when anything moved (the status is then published).
+  # sync_phases term: in the TERM trap, a subshell gone without a result was killed with the VM: interrupted.
   local name phase secs st up last c m
   for name in "${!PID[@]}"; do
     if [ -f "$WORK/phase/$name.done" ]; then
@@ -291,9 +292,13 @@ sync_phases() {
       unset "PID[$name]"
     elif ! kill -0 "${PID[$name]}" 2> /dev/null; then
       wait "${PID[$name]}" 2> /dev/null
-      ops_log "model ${name}: its subshell ended without a result"
-      MSTATE[$name]="failed"
-      RESULT[$name]="failed"
+      if [ "${1:-}" = term ]; then
+        MSTATE[$name]="interrupted"
+      else
+        ops_log "model ${name}: its subshell ended without a result"
+        MSTATE[$name]="failed"
+        RESULT[$name]="failed"
+      fi
       unset "PID[$name]"
     else
       read -r phase secs < "$WORK/phase/$name" 2> /dev/null || continue
