@@ -249,15 +249,15 @@ def test_refused_or_interrupted_runs_leave_no_staged_inputs(cfg, image, tmp_path
         runstaged.run_staged(cfg, base / "long.txt", image=image)
     assert not storage.list_blobs(cfg, "_uploads/")
     zipped: list[str] = []
-    real = stage.zip_model
+    real = stage.zip_folder
 
-    def ctrl_c_on_the_second(model, dest):
-        zipped.append(model.name)
+    def ctrl_c_on_the_second(folder, dest):
+        zipped.append(folder.name)
         if len(zipped) == 2:
             raise KeyboardInterrupt
-        return real(model, dest)
+        return real(folder, dest)
 
-    monkeypatch.setattr(stage, "zip_model", ctrl_c_on_the_second)
+    monkeypatch.setattr(stage, "zip_folder", ctrl_c_on_the_second)
     with pytest.raises(KeyboardInterrupt):
         runstaged.run_staged(cfg, base / "batch.txt", image=image)
     assert zipped == ["m", "n"] and not storage.list_blobs(cfg, "_uploads/")  # the first model's upload is gone
