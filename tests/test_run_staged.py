@@ -405,7 +405,7 @@ def test_a_preempted_run_without_wait_says_so_and_reruns_only_its_unfinished_mod
     t0 = time.monotonic()
     localcloud.admin(f"preempt/{cfg.project}/{cfg.zone}/{vm}", {})
     try:
-        status = _wait_for(lambda: (s := _status(cfg, out.run_id, vm)).get("state") == "preempted" and s, 20,
+        status = _wait_for(lambda: (s := _status(cfg, out.run_id, vm)).get("state") == "preempted" and s, 45,
                            "the preempted status")
     except AssertionError:
         log = storage.download_bytes(cfg, f"_logs/{out.run_id}/_vm-{vm}.log") or b"(no VM log)"
