@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lib import parametric, paths, storage
-from lib.batches import Batch, Model
+from lib.batches import Batch
 from lib.config import Config
 from lib.log import Log, quiet
 from lib.naming import check_run_id, new_run_id
@@ -79,11 +79,6 @@ def _file_inside(link: Path, root: Path) -> bool:
     except (RuntimeError, OSError):  # dangling or a loop
         return False
     return target.is_file() and root in target.parents
-
-
-def zip_model(model: Model, dest: Path) -> int:
-    """Write the model folder as a deterministic zip at `dest`; returns the number of files."""
-    return zip_folder(model.folder, dest)
 
 
 def zip_folder(folder: Path, dest: Path) -> int:

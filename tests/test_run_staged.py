@@ -249,15 +249,15 @@ def test_refused_or_interrupted_runs_leave_no_staged_inputs(cfg, image, tmp_path
         runstaged.run_staged(cfg, base / "long.txt", image=image)
     assert not storage.list_blobs(cfg, "_uploads/")
     zipped: list[str] = []
-    real = stage.zip_model
+    real = stage.zip_folder
 
-    def ctrl_c_on_the_second(model, dest):
-        zipped.append(model.name)
+    def ctrl_c_on_the_second(folder, dest):
+        zipped.append(folder.name)
         if len(zipped) == 2:
             raise KeyboardInterrupt
-        return real(model, dest)
+        return real(folder, dest)
 
-    monkeypatch.setattr(stage, "zip_model", ctrl_c_on_the_second)
+    monkeypatch.setattr(stage, "zip_folder", ctrl_c_on_the_second)
     with pytest.raises(KeyboardInterrupt):
         runstaged.run_staged(cfg, base / "batch.txt", image=image)
     assert zipped == ["m", "n"] and not storage.list_blobs(cfg, "_uploads/")  # the first model's upload is gone
@@ -405,7 +405,7 @@ def test_a_preempted_run_without_wait_says_so_and_reruns_only_its_unfinished_mod
     t0 = time.monotonic()
     localcloud.admin(f"preempt/{cfg.project}/{cfg.zone}/{vm}", {})
     try:
-        status = _wait_for(lambda: (s := _status(cfg, out.run_id, vm)).get("state") == "preempted" and s, 20,
+        status = _wait_for(lambda: (s := _status(cfg, out.run_id, vm)).get("state") == "preempted" and s, 45,
                            "the preempted status")
     except AssertionError:
         log = storage.download_bytes(cfg, f"_logs/{out.run_id}/_vm-{vm}.log") or b"(no VM log)"
