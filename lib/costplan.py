@@ -259,7 +259,7 @@ def format_preview(data: dict[str, Any]) -> list[str]:
                      f"used, makespan {_hm(vm['makespan_s'])}, max run duration {_hm(vm['max_run_s'])}")
     lines.append(f"predicted makespan {_hm(data['makespan_s'])}, max run duration {_hm(data['max_run_s'])}")
     lines.append(f"cost (list prices, machine + boot disk): expected {_usd(data['expected_usd'])} (every model "
-                 f"runs to its timeout, upload allowance used), worst case {_usd(data['worst_usd'])} (every VM "
+                 f"runs to its timeout, packed; boot and upload allowances used), worst case {_usd(data['worst_usd'])} (every VM "
                  "lives to its max run duration)")
     if data.get("prices"):
         lines.append(data["prices"])
