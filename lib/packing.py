@@ -197,24 +197,28 @@ def shards(models: Sequence[T], vms: int, cores: int, *, mem_total_mb: int | Non
     """Split `models` over at most `vms` VMs so that their predicted makespans are balanced.
 
     Largest first (pack order), each model goes to the VM whose predicted makespan ends lowest with it;
-    the prediction while assigning is the packed VM's steady state, max(core-seconds / cores, longest
-    slot), which the rule reaches when models are many and small (exact `predicted_makespan` per step
+    the prediction while assigning is the packed VM's steady state, max(core-seconds / cores, MB-seconds /
+    memory, longest slot), which the rule reaches when models are many and small (exact `predicted_makespan` per step
     would cost a simulation per model and VM). Each shard keeps the batch order; empty shards are dropped.
     """
     if vms < 1:
         raise UsageError("the number of VMs must be at least 1")
-    del mem_total_mb  # memory only matters with mem= lines; core-seconds dominate the balance
     count = min(vms, len(models))
     bins: list[list[T]] = [[] for _ in range(count)]
-    area = [0.0] * count
-    longest = [0.0] * count
+    area, mem_area, longest = [0.0] * count, [0.0] * count, [0.0] * count
     for m in pack_order(models):
         slot = slot_seconds(m)
-        work = m.cores * slot  # type: ignore[attr-defined]
-        spans = [(max((area[b] + work) / cores, longest[b], slot), area[b], b) for b in range(count)]
+        work, mem_work = m.cores * slot, mem_mb(m) * slot  # type: ignore[attr-defined]
+        spans = []
+        for b in range(count):
+            span = max((area[b] + work) / cores, longest[b], slot)
+            if mem_total_mb:
+                span = max(span, (mem_area[b] + mem_work) / mem_total_mb)
+            spans.append((span, area[b], b))
         _, _, best = min(spans)
         bins[best].append(m)
         area[best] += work
+        mem_area[best] += mem_work
         longest[best] = max(longest[best], slot)
     position = {id(m): i for i, m in enumerate(models)}
     return [sorted(b, key=lambda m: position[id(m)]) for b in bins if b]
