@@ -116,6 +116,11 @@ def _operation_codes(exc: BaseException) -> set[str]:
     return codes
 
 
+def is_stockout(exc: BaseException) -> bool:
+    """A failed insert whose zone has no capacity (ZONE_RESOURCE_POOL_EXHAUSTED and kin): another zone may have."""
+    return bool(_operation_codes(exc) & _STOCKOUT)
+
+
 def _short(text: str, limit: int = 200) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."

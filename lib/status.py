@@ -92,7 +92,7 @@ def usage(cfg: Config, *, days: int = 30, now: float | None = None) -> dict[str,
     except OpsError:  # an unreadable state file: machine types of live VMs only
         pass
     known.update({vm.name: {"machine_type": vm.machine_type, "spot": vm.spot}
-                  for vm in compute.list_vms(cfg, ours_only=False)})
+                  for vm in compute.list_vms_in_zones(cfg, ours_only=False)})
     per_vm: dict[str, dict[str, Any]] = {}
     for ts in series:
         name = ts.metric.labels.get("instance_name", ts.resource.labels.get("instance_id", "?"))
@@ -137,7 +137,7 @@ def status(cfg: Config, *, with_usage: bool = False, on_log: Log = quiet, on_war
     cfg = clients.resolve(cfg)
     out: dict[str, Any] = {"project": cfg.project, "zone": cfg.zone, "prices": pricing.note(cfg), "errors": []}
     out["state_moved_aside"] = quarantine_state(cfg, on_warn=on_warn)
-    vms = compute.list_vms(cfg, ours_only=False)
+    vms = compute.list_vms_in_zones(cfg, ours_only=False)  # every zone: a failover may have moved a VM
     rec = reconcile(cfg, on_log=on_log, on_warn=on_warn, vms=vms, first_status_s=first_status_s)
     out["reconcile"] = rec.to_dict()
     gone = set(rec.deleted)
