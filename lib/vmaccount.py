@@ -37,6 +37,21 @@ def email(cfg: Config) -> str:
     return cfg.service_account or f"{ACCOUNT_ID}@{cfg.project}.iam.gserviceaccount.com"
 
 
+def _send(session: Any, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+    """One IAM / Resource Manager call under the retry policy (429 and 5xx retried); the response otherwise."""
+    from lib import retry
+
+    def attempt() -> Any:
+        resp = session.request(method, url, json=body, timeout=30)
+        if resp.status_code in (429, 500, 502, 503, 504):
+            from google.api_core import exceptions as gexc  # heavy: imported at first use
+
+            raise gexc.from_http_status(resp.status_code, resp.text[:200])
+        return resp
+
+    return retry.call(attempt)
+
+
 def _json(resp: Any, what: str) -> dict[str, Any]:
     if resp.status_code >= 400:
         try:
@@ -57,9 +72,9 @@ def ensure(cfg: Config, *, session: Any = None, bucket_policy: Callable[[str], b
 
         session = AuthorizedSession(clients.credentials(cfg))
     project, account, done = cfg.project, email(cfg), []
-    resp = session.get(f"{IAM}/projects/{project}/serviceAccounts/{account}", timeout=30)
+    resp = _send(session, "GET", f"{IAM}/projects/{project}/serviceAccounts/{account}")
     if resp.status_code == 404 and not cfg.service_account:
-        _json(session.post(f"{IAM}/projects/{project}/serviceAccounts", timeout=30, json={
+        _json(_send(session, "POST", f"{IAM}/projects/{project}/serviceAccounts", {
             "accountId": ACCOUNT_ID, "serviceAccount": {
                 "displayName": "ops-hpc VMs", "description": "What ops-hpc's VMs run as: results bucket, self-delete"}}),
             f"creating service account {account}")
@@ -67,25 +82,25 @@ def ensure(cfg: Config, *, session: Any = None, bucket_policy: Callable[[str], b
     else:
         _json(resp, f"reading service account {account}")
     role = f"projects/{project}/roles/{ROLE_ID}"
-    resp = session.get(f"{IAM}/{role}", timeout=30)
+    resp = _send(session, "GET", f"{IAM}/{role}")
     body = {"title": "ops-hpc VM self", "description": "Get, label and delete ops-hpc-* instances (with a condition)",
             "includedPermissions": list(ROLE_PERMISSIONS), "stage": "GA"}
     if resp.status_code == 404:
-        _json(session.post(f"{IAM}/projects/{project}/roles", json={"roleId": ROLE_ID, "role": body}, timeout=30),
+        _json(_send(session, "POST", f"{IAM}/projects/{project}/roles", {"roleId": ROLE_ID, "role": body}),
               f"creating custom role {ROLE_ID}")
         done.append(f"created custom role {ROLE_ID} ({', '.join(ROLE_PERMISSIONS)})")
     elif sorted(_json(resp, f"reading custom role {ROLE_ID}").get("includedPermissions", [])) != list(ROLE_PERMISSIONS):
-        _json(session.patch(f"{IAM}/{role}?updateMask=includedPermissions", json=body, timeout=30),
+        _json(_send(session, "PATCH", f"{IAM}/{role}?updateMask=includedPermissions", body),
               f"updating custom role {ROLE_ID}")
         done.append(f"updated custom role {ROLE_ID} to {', '.join(ROLE_PERMISSIONS)}")
-    policy = _json(session.post(f"{CRM}/projects/{project}:getIamPolicy",
-                                json={"options": {"requestedPolicyVersion": 3}}, timeout=30), "reading the project's IAM policy")
+    policy = _json(_send(session, "POST", f"{CRM}/projects/{project}:getIamPolicy",
+                         {"options": {"requestedPolicyVersion": 3}}), "reading the project's IAM policy")
     member = f"serviceAccount:{account}"
     if not any(b.get("role") == role and member in b.get("members", []) and b.get("condition", {}).get("expression")
                == CONDITION["expression"] for b in policy.get("bindings", [])):
         policy.setdefault("bindings", []).append({"role": role, "members": [member], "condition": CONDITION})
         policy["version"] = 3  # conditions need policy version 3
-        _json(session.post(f"{CRM}/projects/{project}:setIamPolicy", json={"policy": policy}, timeout=30),
+        _json(_send(session, "POST", f"{CRM}/projects/{project}:setIamPolicy", {"policy": policy}),
               "granting the VM account its self-delete role")
         done.append(f"granted {ROLE_ID} on instances named ops-hpc-* to {account}")
     if (bucket_policy or (lambda m: _grant_bucket(cfg, m)))(member):
