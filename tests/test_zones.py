@@ -165,3 +165,27 @@ def test_status_shows_a_vm_in_another_zone(vms):
     compute.create_vm(cfg, spec, on_log=vms.log)
     info = status.status(vms.cfg)
     assert spec.name in {row["name"] for row in info["vms"]}
+
+
+def test_a_fan_out_shares_what_ran_out_and_follows_the_spot_policy(vms, monkeypatch):
+    import importlib
+
+    from lib.stage import StagedModel
+
+    launching = importlib.import_module("lib.runstaged.launch")  # the package re-exports its function `launch`
+
+    calls = []
+
+    def create(cfg, spec, *, on_log, state, on_demand_fallback, exhausted):
+        calls.append((spec.name, on_demand_fallback, exhausted))
+        exhausted.add((A, True))  # the first VM found zone A out of spot capacity
+        return compute.Vm(name=spec.name, status="RUNNING", zone=B, spot=False)
+
+    monkeypatch.setattr(compute, "create_vm", create)
+    monkeypatch.setattr(launching, "_confirm_up", lambda *a, **k: None)
+    specs = [plan(vms, spot=True)[1] for _ in range(2)]
+    shards = [[StagedModel(name=f"m{i}", main="main.tcl", cores=1, timeout_min=5)] for i in range(2)]
+    runs = launching.launch(vms.cfg, vms.prefix, shards, specs=specs, on_log=vms.log, on_demand_fallback=True)
+    assert [(r.zone, r.spot) for r in runs] == [(B, False), (B, False)]  # where and how each VM really runs
+    assert [fallback for _, fallback, _ in calls] == [True, True]
+    assert calls[0][2] is calls[1][2] and calls[1][2] == {(A, True)}
