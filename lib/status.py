@@ -41,7 +41,7 @@ def vm_rows(cfg: Config, vms: list[Vm], *, now: float | None = None) -> list[dic
         uptime = max(0.0, now - vm.last_start_epoch) if running and vm.last_start_epoch is not None else 0.0
         hourly = pricing.hourly(cfg, vm.machine_type, spot=vm.spot)
         rows.append({
-            "name": vm.name, "status": vm.status, "machine_type": vm.machine_type, "spot": vm.spot,
+            "name": vm.name, "status": vm.status, "zone": vm.zone, "machine_type": vm.machine_type, "spot": vm.spot,
             "kind": vm.kind, "run_id": vm.run_id, "uptime_s": int(uptime),
             "left_expected_s": int(vm.expected_end - now) if vm.expected_end else None,
             "left_max_run_s": int(vm.max_run_end - now) if vm.max_run_end and running else None,
@@ -176,7 +176,8 @@ def format_status(info: dict[str, Any]) -> list[str]:
                                                        if info["other_vms"] else ""))
     for r in info["vms"]:
         cost = "?" if r["cost_so_far_usd"] is None else f"{r['cost_so_far_usd']:.2f} USD"
-        lines.append(f"  {r['name']}  {r['status']}  {r['machine_type']}{' spot' if r['spot'] else ''}  "
+        where = f"  in {r['zone']}" if r.get("zone") and r["zone"] != info["zone"] else ""  # a failover moved it
+        lines.append(f"  {r['name']}  {r['status']}{where}  {r['machine_type']}{' spot' if r['spot'] else ''}  "
                      f"up {_dur(r['uptime_s'])}  to expected end {_dur(r['left_expected_s'])}  "
                      f"to max run {_dur(r['left_max_run_s'])}  cost so far {cost}")
     b = info.get("bucket")

@@ -164,7 +164,8 @@ def test_status_shows_a_vm_in_another_zone(vms):
     cfg, spec = plan(vms, zones=C)
     compute.create_vm(cfg, spec, on_log=vms.log)
     info = status.status(vms.cfg)
-    assert spec.name in {row["name"] for row in info["vms"]}
+    assert {row["name"]: row["zone"] for row in info["vms"]}[spec.name] == C
+    assert any(line.startswith(f"  {spec.name}  RUNNING  in {C}  ") for line in status.format_status(info))
 
 
 def test_a_fan_out_shares_what_ran_out_and_follows_the_spot_policy(vms, monkeypatch):
