@@ -116,7 +116,8 @@ def run_jobs(
     on_log(f"run {run_id}: {len(batch.models)} job(s) on {name}; results to gs://{cfg.bucket_name}/")
     uploads: list[threading.Thread] = []
     with VMGuard(cfg, name, on_log=on_log, state=state) as guard:  # entered first: it covers the creation too
-        compute.create_vm(cfg, spec, on_log=on_log, state=state)
+        vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
+        cfg = cfg.replace(zone=vm.zone)  # where it landed: a zone out of capacity moves it on
         ssh.wait_for_ssh(cfg, name, ssh_timeout, on_log=on_log)
         push.install_tools(cfg, name, on_log=on_log)
         for index, (job, result) in enumerate(zip(batch.models, results, strict=True)):

@@ -196,11 +196,11 @@ def _offering(cfg: Config, machine_type: str) -> tuple[str, ...]:
 
 
 def candidate_zones(cfg: Config, machine_type: str) -> list[str]:
-    """Where a VM of this machine type is tried, in order: config `zones`, else the configured zone first and
-    then the region's other zones that offer the machine type."""
-    if cfg.zone_list:
-        return cfg.zone_list
+    """Where a VM of this machine type is tried, in order: config `zones` (those that offer it), else the
+    configured zone first and then the region's other zones that offer the machine type."""
     offered = _offering(clients.resolve(cfg), machine_type)
+    if cfg.zone_list:  # a listed zone without the machine type would fail its insert for nothing
+        return [z for z in cfg.zone_list if z in offered] or cfg.zone_list
     return [cfg.zone] + [z for z in offered if z != cfg.zone] if cfg.zone in offered or not offered else list(offered)
 
 

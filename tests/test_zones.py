@@ -49,6 +49,7 @@ def test_configured_zones_are_tried_in_their_order(vms):
     _, spec = plan(vms, zones=f"{C},{A}")
     assert spec.zone == C and spec.zones == (C, A)
     assert spec.describe()["zones"] == [C, A]
+    assert vmplan.candidate_zones(vms.cfg.replace(zones=f"{F},{B}"), "h3-standard-88") == [B]  # F has no H3
 
 
 def test_zones_config_takes_a_toml_list_and_refuses_another_region(tmp_path):
