@@ -120,7 +120,8 @@ def run_jobs(
     limit = cfg.upload_timeout_min * minute_s
     # entered first: it covers the creation too; an interrupt lets the pushes in flight finish (at most `limit`)
     with VMGuard(cfg, name, on_log=on_log, state=state, pending=lambda: uploads, hold_s=limit) as guard:
-        compute.create_vm(cfg, spec, on_log=on_log, state=state)
+        vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
+        cfg = cfg.replace(zone=vm.zone)  # where it landed: a zone out of capacity moves it on
         ssh.wait_for_ssh(cfg, name, ssh_timeout, on_log=on_log)
         push.install_tools(cfg, name, on_log=on_log)
         for index, (job, result) in enumerate(zip(batch.models, results, strict=True)):

@@ -142,7 +142,7 @@ def run_staged(cfg: Config, batch_path: str | Path | None, *, wait: bool = False
             on_log(f"run {run_id}: rerunning {len(models)} model(s) without a result: "
                    f"{', '.join(m.name for m in models)}")
         runs = launch(cfg, run_id, shards, total=total, spot=spot, image=image, machine_type=machine_type,
-                      boot_timeout=boot_timeout, on_log=on_log, specs=specs)
+                      boot_timeout=boot_timeout, on_log=on_log, specs=specs, on_demand_fallback=on_demand_fallback)
         launched = True
     finally:
         if not launched and batch is not None:

@@ -48,6 +48,7 @@ class VmRun:
     gone_at: float | None = None
     how: str = ""  # delete (itself or someone) | compute.instances.preempted | ...maxRunDurationExceeded | unknown
     hourly: float | None = None
+    zone: str = ""  # where it was created (a zone failover may move it out of the configured zone)
 
     @property
     def state(self) -> str:
@@ -107,8 +108,12 @@ def plan_vms(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], 
 def launch(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], *, total: int | None = None,
            spot: bool = False, image: str | None = None, machine_type: str | None = None,
            names: Sequence[str] | None = None, boot_timeout: float | None = None, on_log: Log = quiet,
-           state: SessionState | None = None, specs: Sequence[compute.VmSpec] | None = None) -> list[VmRun]:
+           state: SessionState | None = None, specs: Sequence[compute.VmSpec] | None = None,
+           on_demand_fallback: bool = False) -> list[VmRun]:
     """Create one VM per shard, each guarded until it reports its first status; then they run on their own.
+
+    Each VM goes to the first zone with capacity (compute.create_vm); a zone that ran out for one VM is
+    tried last for the next ones; spot VMs fall back to on-demand only when `on_demand_fallback`.
 
     Every VM is planned (machine type, image, quota) before any is created (or `specs` from plan_vms
     are used). If one fails to come up, every VM of this launch is deleted (the guards) and OpsError
@@ -125,12 +130,17 @@ def launch(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], *,
     runs = [VmRun(name=s.name, models=[m.name for m in shard], spot=s.spot, machine_type=s.machine_type,
                   hourly=_hourly(cfg, s)) for s, shard in zip(specs, shards, strict=True)]
     timeout = boot_timeout or (BOOT_TIMEOUT_LOCAL_S if cfg.local else BOOT_TIMEOUT_GCE_S)
+    exhausted: set[tuple[str, bool]] = set()
+    for spec in specs:
+        for note in spec.notes:
+            on_log(note)
     with contextlib.ExitStack() as stack:
         guards = []
         for spec, run in zip(specs, runs, strict=True):
             guards.append(stack.enter_context(VMGuard(cfg, spec.name, on_log=on_log, state=state)))
-            vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
-            run.id, run.created = vm.id, time.time()
+            vm = compute.create_vm(cfg, spec, on_log=on_log, state=state, on_demand_fallback=on_demand_fallback,
+                                   exhausted=exhausted)
+            run.id, run.created, run.zone, run.spot = vm.id, time.time(), vm.zone, vm.spot
             on_log(f"{spec.name}: {len(run.models)} model(s) ({', '.join(run.models)}); "
                    f"deleted by Google after {spec.max_run_s // 3600} h at the latest")
         _confirm_up(cfg, run_id, runs, timeout, on_log)
@@ -189,9 +199,9 @@ def _confirm_up(cfg: Config, run_id: str, runs: list[VmRun], timeout: float, on_
         if time.monotonic() - checked > check_every:
             checked = time.monotonic()
             for name in list(pending):
-                if compute.get_vm(cfg, name) is None:
+                if compute.get_vm(compute.placed(cfg, name), name) is None:
                     raise OpsError(f"VM {name} disappeared before it reported (preempted or deleted)")
-                line = startup_exit(cfg, name)
+                line = startup_exit(compute.placed(cfg, name), name)
                 if line is not None:
                     raise OpsError(f"VM {name}: the startup script ended before the first status ({line}); "
                                    "deleting the run's VMs (its serial console says why)")
