@@ -21,6 +21,7 @@ from lib.config import Config
 from lib.errors import OpsError
 from lib.log import Log, quiet
 from lib.naming import vm_name
+from lib.runs import record_vm
 from lib.runstatus import parse_status
 from lib.stage import StagedModel
 
@@ -131,6 +132,9 @@ def launch(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], *,
             guards.append(stack.enter_context(VMGuard(cfg, spec.name, on_log=on_log, state=state)))
             vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
             run.id, run.created = vm.id, time.time()
+            record_vm(cfg, run_id, spec.name, on_log=on_log, kind="run-staged", machine_type=spec.machine_type,
+                      zone=cfg.zone, spot=spec.spot, launched=round(run.created, 3), models=run.models,
+                      hourly=run.hourly)
             on_log(f"{spec.name}: {len(run.models)} model(s) ({', '.join(run.models)}); "
                    f"deleted by Google after {spec.max_run_s // 3600} h at the latest")
         _confirm_up(cfg, run_id, runs, timeout, on_log)
