@@ -141,6 +141,7 @@ def run_staged(cfg: Config, batch_path: str | Path | None, *, wait: bool = False
     if followed.complete and not rerun_models(cfg, run_id):
         stage.unstage(cfg, run_id)  # every result is on the PC: the inputs are too, drop the bucket copy
     rows = summarize(run_id, all_models, followed, results_dir)
+    _notify_pulled(cfg, run_id, rows, results_dir, on_log)
     wall = time.time() - t0
     opensees = sum(r["seconds"] or 0.0 for r in rows)
     out.vms = [v.name for v in followed.vms]
@@ -151,6 +152,17 @@ def run_staged(cfg: Config, batch_path: str | Path | None, *, wait: bool = False
     out.deleted_how = {v.name: v.how for v in followed.vms}
     out.results_dir = str(results_dir)
     return out
+
+
+def _notify_pulled(cfg: Config, run_id: str, rows: list[dict[str, Any]], folder: Path, on_log: Log) -> None:
+    """notify_on "pulled": the results the follower brought to this PC, verified (never fails the run)."""
+    from types import SimpleNamespace
+
+    from lib import notify
+
+    done = [SimpleNamespace(id=f"{run_id}/{r['model']}", status="cleaned", model_state=r["state"])
+            for r in rows if r["folder"]]
+    notify.pulled(cfg, done, folder, on_log=on_log)
 
 
 def _unstage_quietly(cfg: Config, run_id: str, on_log: Log) -> None:
