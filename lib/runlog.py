@@ -74,6 +74,9 @@ def format_log(info: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+OVERLAP = 64  # bytes re-read before the new ones, to tell a grown log from a replaced one
+
+
 def run_over(statuses: dict[str, dict[str, Any]], alive: set[str] | None) -> bool:
     """Will nothing more be written to the run's logs? Pure (table-tested).
 
@@ -105,9 +108,10 @@ def follow(cfg: Config, run_id: str | None = None, model: str | None = None, *, 
            sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Print a run's logs as they grow in `_logs/RUN/` until the run is over: one model, or all as `MODEL| line`.
 
-    Each poll lists the run's logs (one call: sizes) and reads only the bytes past what was shown
-    (ranged reads), so a long log costs nothing per poll; an incomplete last line waits for its end.
-    A log that shrank was replaced (a relaunched model starts over) and is read again from its start.
+    Each poll lists the run's logs (one call: sizes) and reads only the bytes past what was shown, plus
+    OVERLAP bytes before them (ranged reads), so a long log costs nothing per poll; an incomplete last
+    line waits for its end. A log whose overlap differs (or that shrank) was replaced (a relaunched
+    model starts over) and is read again from its start.
     Nothing is changed anywhere: Ctrl+C (KeyboardInterrupt, exit 130) leaves the run as it is.
     Returns {"run_id", "models": {model: state}, "bytes": shown}.
     """
@@ -118,6 +122,7 @@ def follow(cfg: Config, run_id: str | None = None, model: str | None = None, *, 
     if not run_id:
         raise Refused(f"no run-staged status in gs://{cfg.bucket_name}/_status/: nothing has run yet")
     offsets: dict[str, int] = {}
+    tails: dict[str, bytes] = {}  # the last bytes shown of each log: a read overlaps them to notice a new log
     partial: dict[str, bytes] = {}
     states: dict[str, str] = {}
     cache: dict[str, Any] = {}
@@ -145,16 +150,20 @@ def follow(cfg: Config, run_id: str | None = None, model: str | None = None, *, 
             name = leaf[:-4]
             if not leaf.endswith(".log") or leaf.startswith("_") or (model and name != model):
                 continue
-            size, offset = int(blob.size or 0), offsets.get(name, 0)
-            if size < offset:
+            size, offset, tail = int(blob.size or 0), offsets.get(name, 0), tails.get(name, b"")
+            if size == offset:
+                continue
+            data = storage.download_range(cfg, blob.name, offset - len(tail), size - 1) if size > offset else b""
+            if data is None:
+                continue
+            if not data.startswith(tail):  # shorter, or different where it overlaps: a new log (a rerun)
                 on_event(f"{name}: its log started over (the model is running again)")
-                offset, partial[name] = 0, b""
-            if size > offset:
-                data = storage.download_range(cfg, blob.name, offset, size - 1)
-                if data is None:
-                    continue
-                offsets[name] = offset + len(data)
-                emit(name, data)
+                data, partial[name] = storage.download_range(cfg, blob.name, 0, size - 1) or b"", b""
+                tail = b""
+            data = data[len(tail):]
+            offsets[name] = size
+            tails[name] = (tail + data)[-OVERLAP:]
+            emit(name, data)
         if final:
             for name in list(partial):
                 emit(name, b"", final=True)
@@ -166,7 +175,7 @@ def follow(cfg: Config, run_id: str | None = None, model: str | None = None, *, 
         if not statuses and alive is not None and not alive:
             raise Refused(f"no status for run {run_id} in gs://{cfg.bucket_name}/_status/{run_id}/ and no VM of it")
         models = {n: i["state"] for s in statuses.values() for n, i in s.get("per_model", {}).items()}
-        if model and statuses and model not in models:
+        if model and models and model not in models:
             raise Refused(f"run {run_id} has no model {model!r}: its models are {', '.join(sorted(models))}")
         for name, state in sorted(models.items()):
             if states.get(name) != state and (not model or name == model):
