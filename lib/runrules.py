@@ -166,7 +166,7 @@ def summarize(f: RunFacts, *, now: float, hourly: Any = None, results_dir: str =
         "state": state, "started": _iso(started), "started_epoch": started, "ended": _iso(ended),
         "duration_s": None if started is None else round((ended or now) - started, 1),
         "vms": vms, "models": counts, "model_states": states,
-        "cost_usd": round(cost, 4) if vms else None, "cost_complete": priced, "cost_basis": "list prices",
+        "cost_usd": round(cost, 6) if vms else None, "cost_complete": priced, "cost_basis": "list prices",
         "results": {"total": len(results), "pulled_verified": len(here), "in_bucket": len(set(results) & f.in_bucket),
                     "elsewhere": len(elsewhere), "folder": results_dir},
         "sources": sorted(f.sources),
