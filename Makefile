@@ -24,7 +24,7 @@ RUN ?=
 
 .PHONY: help venv lock lint test demo localcloud-up localcloud-down localcloud-status \
 	build run run-staged stage pull watch verify status setup cleanup sweep log runs monitor config \
-	extend abort emergency delete-vm stop-vm bench-pull bench-pull-scale bench report-shot check-platforms sizes
+	extend abort emergency delete-vm stop-vm bench-pull bench-pull-scale bench-runs bench report-shot check-platforms sizes
 
 help:  ## list the jobs
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 20
@@ -111,5 +111,8 @@ bench-pull: venv  ## benchmark bin/pull against gcloud storage rsync (not part o
 
 bench-pull-scale: venv  ## benchmark: pull's time per result set at 1,000 and at 10,000 sets (not part of make test)
 	$(PYTHON) -m pytest -q -s tests/bench/bench_pull_scale.py
+
+bench-runs: venv  ## benchmark: `ops-hpc runs` listing 40 runs from the bucket (not part of make test)
+	$(PYTHON) -m pytest -q -s tests/bench/bench_runs.py
 
 bench: bench-pull

@@ -80,7 +80,7 @@ def model_states(f: RunFacts) -> dict[str, str]:
     The newest status file wins per model, a finished state over an unfinished one (a relaunch that
     finished a preempted VM's model); a pulled manifest has the last word. `make run` jobs come from
     their launch record. A model without a result is running while a VM of its run exists (or nobody
-    can tell), lost once none does.
+    can tell from what its VMs last said), lost once none does.
     """
     states: dict[str, str] = {}
     for _vm, status in sorted(f.statuses.items(), key=lambda kv: kv[1].get("updated", "")):
@@ -94,8 +94,21 @@ def model_states(f: RunFacts) -> dict[str, str]:
         for name in record.get("models") or []:
             states.setdefault(name, "pending")
     states.update(f.pulled_states)
-    working = f.alive is None or any(not _vm_finished(f, vm) for vm in f.alive)
+    if f.alive is None:  # nobody listed the VMs: what they last said decides
+        working = any(reported(f, vm) not in VM_FINISHED for vm in set(f.statuses) | set(f.records))
+    else:
+        working = any(not _vm_finished(f, vm) for vm in f.alive)
     return {name: s if s in FINAL else ("running" if working else "lost") for name, s in sorted(states.items())}
+
+
+def reported(f: RunFacts, vm: str) -> str:
+    """A VM's last word: its status file's state, else its launch record's (`make run` writes done at the end)."""
+    return str((f.statuses.get(vm) or {}).get("state") or (f.records.get(vm) or {}).get("state") or "")
+
+
+def needs_vm_list(f: RunFacts) -> bool:
+    """Only a run with a VM that has not said it finished needs the VM list (its import alone takes seconds)."""
+    return any(reported(f, vm) not in VM_FINISHED for vm in set(f.statuses) | set(f.records))
 
 
 def _vm_finished(f: RunFacts, vm: str) -> bool:

@@ -7,7 +7,8 @@ off, sees the same list):
     _runs/RUN/VM.json      what the launch recorded: machine type, zone, spot, launch time, launching host
                            (written by lib/runstaged/launch.py and lib/runjobs.py; nothing secret)
     RUN/MODEL.zip          results still waiting in the bucket
-    the VMs                which VMs of a run exist now (labels ops-hpc-run)
+    the VMs                which VMs of a run exist now (labels ops-hpc-run), asked only when a VM of a
+                           listed run has not said it finished (importing the Compute client takes seconds)
     session_state.json     this PC's history of the VMs it created (40 days): runs whose bucket
                            bookkeeping was tidied away are still listed from here
     download_state.sqlite  which results this PC pulled and verified (results folder)
@@ -28,7 +29,7 @@ from typing import Any
 
 from lib.config import Config
 from lib.log import Log, quiet
-from lib.runrules import FINAL, RunFacts, run_time, summarize
+from lib.runrules import FINAL, RunFacts, needs_vm_list, run_time, summarize
 
 RECORDS = "_runs"
 
@@ -109,10 +110,12 @@ def gather(cfg: Config, *, results_dir: Path | None = None, since: float | None 
                     runs[run_id].records[leaf[:-5]] = {**runs[run_id].records.get(leaf[:-5], {}), **json.loads(text)}
                 except ValueError:
                     continue
-    alive = _alive(cfg, [runs[r] for r in order])
+    unsure = [runs[r] for r in order if needs_vm_list(runs[r])]  # the others' VMs all said they finished
+    alive = _alive(cfg, unsure) if unsure else None
     for run_id in order:
-        runs[run_id].alive = None if alive is None else alive.get(run_id, {})
-        _manifest_states(folder, runs[run_id])
+        f = runs[run_id]
+        f.alive = None if alive is None or f not in unsure else alive.get(run_id, {})
+        _manifest_states(folder, f)
     return [runs[r] for r in order]
 
 

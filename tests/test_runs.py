@@ -96,7 +96,7 @@ def test_two_runs_two_pcs_one_bucket(pcs, image, tmp_path, localcloud):
     assert vm["name"] == vm_b and vm["state"] == "running" and vm["exists"] is True
     assert vm["machine_type"] == SMALL and vm["host"] == socket.gethostname() and vm["spot"] is False
     assert b["cost_usd"] is not None and b["cost_usd"] > 0 and b["cost_basis"] == "list prices"
-    assert a["state"] == "ok" and a["models"]["ok"] == 2 and a["vms"][0]["state"] == "deleted"
+    assert a["state"] == "ok" and a["models"]["ok"] == 2 and a["vms"][0]["state"] == "done"
     assert a["results"]["in_bucket"] == 2 and a["results"]["pulled_verified"] == 0
     assert a["sources"] == ["bucket"] and "this PC" in b["sources"]  # PC B knows A only from the bucket
     assert a["duration_s"] and a["duration_s"] > 0 and a["cost_usd"] is not None
@@ -120,10 +120,11 @@ def test_two_runs_two_pcs_one_bucket(pcs, image, tmp_path, localcloud):
     assert "no runs known" in run_bin("runs", "--since", "2099-01-01", env=env_b).stdout
     assert run_bin("runs", "--since", "someday", env=env_b).returncode == 2
 
-    # B's VM is deleted under it (its SIGTERM trap says preempted): the unfinished model is lost, not running
+    # B's VM is deleted under it (its SIGTERM trap says preempted, if it gets the time): the unfinished model is
+    # lost, not running
     compute.delete_vm(pc_b, vm_b, on_log=lambda _: None)
     b = _by_id(runs.list_runs(pc_b))[run_b.run_id]
-    assert b["state"] == "lost" and b["models"]["lost"] == 1 and b["vms"][0]["state"].endswith(", gone")
+    assert b["state"] == "lost" and b["models"]["lost"] == 1 and b["vms"][0]["state"] in ("preempted", "running, gone")
     assert b["ended"] is not None
 
     # tidying empties the bucket of A: only PC A (its history and downloads) still lists it
