@@ -161,3 +161,14 @@ def test_bodies_follow_the_host():
     url, body = notify.payload("https://example.org/hook", "pulled", "T", "x", {"sets": ["r/a"]})
     assert url == "https://example.org/hook" and body["event"] == "pulled" and body["sets"] == ["r/a"]
     assert notify.where("https://hooks.slack.com/services/SECRET") == "webhook hooks.slack.com"
+
+
+@pytest.mark.parametrize(("statuses", "records", "needed"), [
+    ({"v": {"state": "done"}}, {}, False),
+    ({"v": {"state": "preempted"}, "w": {"state": "error"}}, {}, False),
+    ({"v": {"state": "running"}}, {}, True),
+    ({}, {"v": {"kind": "run"}}, True),  # a `make run` VM that has not recorded its end
+    ({}, {"v": {"kind": "run", "state": "done"}}, False),
+])
+def test_the_vm_list_is_asked_only_for_runs_whose_vms_have_not_finished(statuses, records, needed):
+    assert runrules.needs_vm_list(RunFacts("r", statuses=statuses, records=records)) is needed
