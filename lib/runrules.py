@@ -223,7 +223,8 @@ def format_runs(rows: list[dict[str, Any]], note: str = "") -> str:
     head = ("run", "started (UTC)", "state", "VMs", "models", "duration", "cost*", "results")
     body = [(r["run_id"], (r["started"] or "-").replace("T", " ")[:16], r["state"], _vms(r["vms"]),
              _models(r["models"]), _span(r["duration_s"]),
-             "-" if r["cost_usd"] is None else f"${r['cost_usd']:.4f}" + ("" if r["cost_complete"] else "+"),
+             "-" if r["cost_usd"] is None else f"${r['cost_usd']:.{4 if r['cost_usd'] >= 0.001 else 6}f}"
+             + ("" if r["cost_complete"] else "+"),
              _results(r)) for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)).rstrip()]

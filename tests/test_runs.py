@@ -117,6 +117,7 @@ def test_two_runs_two_pcs_one_bucket(pcs, image, tmp_path, localcloud):
     assert [r["run_id"] for r in json.loads(listed.stdout)["runs"]] == [run_b.run_id]
     table = run_bin("runs", "--since", "1h", env=env_b)
     assert table.returncode == 0 and run_a.run_id in table.stdout and "list prices" in table.stdout
+    print(table.stdout)
     assert "no runs known" in run_bin("runs", "--since", "2099-01-01", env=env_b).stdout
     assert run_bin("runs", "--since", "someday", env=env_b).returncode == 2
 
