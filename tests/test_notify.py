@@ -72,6 +72,21 @@ def test_the_vm_posts_a_failure_and_its_end_with_the_pc_off_and_a_bad_receiver_f
     assert len([r for r, _ in httpserver.log if r.path == "/broken"]) == 3 * 2  # 3 tries for each of 2 messages
 
 
+def test_run_staged_wait_posts_when_it_has_pulled_the_results(localcloud, image, tmp_path, httpserver):
+    httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
+    cfg = vm_config(localcloud, tmp_path / "state", bucket=f"t-{uuid.uuid4().hex[:10]}", time_scale=30,
+                    notify=httpserver.url_for("/hook"), notify_on="pulled")
+    storage.ensure_bucket(cfg)
+    (tmp_path / "batch" / "one").mkdir(parents=True)
+    (tmp_path / "batch" / "one" / "main.tcl").write_text('puts "fine"\n')
+    (tmp_path / "batch" / "batch.txt").write_text("one\n")
+    out = runstaged.run_staged(cfg, tmp_path / "batch" / "batch.txt", wait=True, image=image,
+                               results_dir=tmp_path / "results")
+    assert not out.lost
+    (body,) = _bodies(httpserver, "/hook")  # only "pulled" was asked for: the VM posted nothing
+    assert body["event"] == "pulled" and body["sets"] == [f"{out.run_id}/one"] and f"{out.run_id}: one ok" in body["text"]
+
+
 def test_only_webhooks_travel_in_the_vm_metadata():
     cfg = Config.load({"backend": "local", "notify": "https://hooks.slack.com/services/T/B/x, mailto:me@example.org",
                        "notify_on": "end,pulled"}, env={}, path="")
