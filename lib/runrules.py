@@ -132,14 +132,22 @@ def vm_rows(f: RunFacts) -> list[dict[str, Any]]:
         rows.append({"name": name, "state": shown, "exists": exists, "reported": reported,
                      "machine_type": record.get("machine_type", ""), "spot": record.get("spot"),
                      "zone": record.get("zone", ""), "host": record.get("host", ""),
-                     "launched": record.get("launched"), "hourly": record.get("hourly"),
+                     "launched": _num(record.get("launched")), "hourly": _num(record.get("hourly")),
                      "last_seen": _last_seen(status, record)})
     return rows
 
 
+def _num(value: Any) -> float | None:
+    """A number from a record written by any version (or by hand): anything else is unknown."""
+    try:
+        return None if value is None or isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _last_seen(status: Mapping[str, Any], record: Mapping[str, Any]) -> float | None:
     """When the VM was last known to work: its last status write, or the end its launcher recorded."""
-    times = [t for t in (iso_epoch(status.get("updated")), record.get("ended")) if t]
+    times = [t for t in (iso_epoch(status.get("updated")), _num(record.get("ended"))) if t]
     return max(times) if times else None
 
 

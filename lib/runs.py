@@ -108,7 +108,7 @@ def gather(cfg: Config, *, results_dir: Path | None = None, since: float | None 
             else:
                 try:
                     runs[run_id].records[leaf[:-5]] = {**runs[run_id].records.get(leaf[:-5], {}), **json.loads(text)}
-                except ValueError:
+                except (ValueError, TypeError):  # not a JSON object: that record says nothing
                     continue
     unsure = [runs[r] for r in order if needs_vm_list(runs[r])]  # the others' VMs all said they finished
     alive = _alive(cfg, unsure) if unsure else None
