@@ -105,6 +105,22 @@ _ENDPOINT = _check(r"(https?://[^\s/]+(/\S*)?)?", "expected an http(s):// URL or
 _NAME = _check(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", "expected a lowercase resource name")
 
 
+def _notify_problem(value: str) -> str | None:
+    """notify: webhook URLs and mailto: addresses, separated by commas or spaces."""
+    for item in re.split(r"[,\s]+", value.strip()):
+        if item and not re.fullmatch(r"https?://[^\s/]+\S*|mailto:[^@\s]+@[^@\s]+", item):
+            return f"{item!r}: expected webhook URLs (https://...) or mailto:NAME@HOST, separated by commas"
+    return None
+
+
+def _notify_on_problem(value: str) -> str | None:
+    bad = [e for e in re.split(r"[,\s]+", value.strip()) if e and e not in ("end", "failure", "pulled")]
+    return f"unknown event(s) {', '.join(bad)}: expected end, failure, pulled" if bad else None
+
+
+_SMTP = _check(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", "expected an SMTP host, optionally :PORT (e.g. smtp.example.com:587)")
+
+
 def _opt(check: Callable[[str], str | None] | None, default: Any = "", doc: str = "", *,
          minimum: float | None = None, as_list: bool = False) -> Any:
     """A setting; `minimum` for numbers whose smaller values would make a safety net fire early; `as_list`:
@@ -148,6 +164,11 @@ class Config:
     storage_endpoint: str = _opt(_ENDPOINT, "", "override of https://storage.googleapis.com")
     monitoring_endpoint: str = _opt(None, "", "host:port of a Monitoring gRPC endpoint")
     time_scale: float = _opt(None, 1.0, "local cloud only: how many times faster VM clocks run")
+    notify: str = _opt(_notify_problem, "", "webhook URLs and/or mailto: addresses told when runs end or results land")
+    notify_on: str = _opt(_notify_on_problem, "end,pulled", "events to notify: end, failure, pulled")
+    smtp_server: str = _opt(_SMTP, "", "SMTP host[:port] for mailto: notifications (password: OPS_HPC_SMTP_PASSWORD)")
+    smtp_user: str = _opt(None, "", "SMTP login user (empty: no login)")
+    smtp_from: str = _opt(None, "", "sender of notification mails (default: smtp_user)")
 
     # -- derived values ---------------------------------------------------
     @property

@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lib import clients, compute, paths, retry, storage
+from lib import clients, compute, notify, paths, retry, storage
 from lib.config import Config
 from lib.errors import OpsError
 from lib.log import Log, quiet
 from lib.naming import vm_name
+from lib.runs import record_vm
 from lib.runstatus import parse_status
 from lib.stage import StagedModel
 
@@ -62,6 +63,7 @@ def _metadata(cfg: Config, run_id: str, models: Sequence[str], total: int, max_r
         meta["ops-hpc-models"] = ",".join(models)
     if cfg.local and cfg.time_scale != 1.0:
         meta["ops-hpc-time-scale"] = f"{cfg.time_scale:g}"
+    meta.update(notify.vm_metadata(cfg))  # webhook URLs only: the VM tells them when its run ends
     return meta
 
 
@@ -97,9 +99,13 @@ def plan_vms(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], 
         timeouts = [m.timeout_min for m in shard]
         max_run_s = compute.max_run_seconds(timeouts, cfg.upload_timeout_min)
         end = now + max_run_s / (cfg.time_scale if cfg.local else 1.0)
+        meta = _metadata(cfg, run_id, [m.name for m in shard], total, end)
+        if "ops-hpc-notify" in meta:  # the VM's cost in its end message (list price)
+            price = _price(cfg, machine_type or cfg.machine_type, spot)
+            meta.update({"ops-hpc-hourly": f"{price:.6f}"} if price is not None else {})
         specs.append(compute.plan_vm(cfg, name=name, kind="analysis", run_id=run_id, image=image, spot=spot,
                                      machine_type=machine_type, job_timeouts_min=timeouts, startup_script=script, reports_status=True,
-                                     metadata=_metadata(cfg, run_id, [m.name for m in shard], total, end), now=now))
+                                     metadata=meta, now=now))
     if len(specs) > 1:
         check_quota(specs, lambda mt, cpus, sp: compute.cpu_quota(cfg, mt, cpus, sp))
     return specs
@@ -141,6 +147,9 @@ def launch(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], *,
             vm = compute.create_vm(cfg, spec, on_log=on_log, state=state, on_demand_fallback=on_demand_fallback,
                                    exhausted=exhausted)
             run.id, run.created, run.zone, run.spot = vm.id, time.time(), vm.zone, vm.spot
+            record_vm(cfg, run_id, spec.name, on_log=on_log, kind="run-staged", machine_type=spec.machine_type,
+                      zone=vm.zone, spot=vm.spot, launched=round(run.created, 3), models=run.models,
+                      hourly=run.hourly)
             on_log(f"{spec.name}: {len(run.models)} model(s) ({', '.join(run.models)}); "
                    f"deleted by Google after {spec.max_run_s // 3600} h at the latest")
         _confirm_up(cfg, run_id, runs, timeout, on_log)
@@ -150,10 +159,14 @@ def launch(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], *,
 
 
 def _hourly(cfg: Config, spec: compute.VmSpec) -> float | None:
+    return _price(cfg, spec.machine_type, spec.spot, spec.disk_size_gb)
+
+
+def _price(cfg: Config, machine_type: str, spot: bool, disk_gb: float | None = None) -> float | None:
     try:
         from lib import pricing
 
-        return pricing.vm_hourly(cfg, spec.machine_type, spot=spec.spot, disk_gb=spec.disk_size_gb)
+        return pricing.vm_hourly(cfg, machine_type, spot=spot, disk_gb=cfg.disk_size_gb if disk_gb is None else disk_gb)
     except Exception:  # a missing price must not stop a run
         return None
 
