@@ -23,8 +23,8 @@ NAME ?=
 RUN ?=
 
 .PHONY: help venv lock lint test demo localcloud-up localcloud-down localcloud-status \
-	build run run-staged stage pull watch verify status setup cleanup sweep log monitor config \
-	extend abort emergency delete-vm stop-vm bench-pull bench-pull-scale bench-pack bench report-shot check-platforms sizes
+	build run run-staged stage pull watch verify status setup cleanup sweep log runs monitor config \
+	extend abort emergency delete-vm stop-vm bench-pull bench-pull-scale bench-runs bench-pack bench report-shot check-platforms sizes
 
 help:  ## list the jobs
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 20
@@ -81,8 +81,10 @@ cleanup: venv  ## delete every ops-hpc VM and wipe the bucket (asks first)
 	$(INVOKE) cleanup
 sweep: venv  ## delete overdue or stopped ops-hpc VMs now
 	$(PYTHON) bin/sweep
-log: venv  ## progress and log tail of RUN (default: latest)
-	$(INVOKE) log $(if $(RUN),--run-id $(RUN))
+log: venv  ## progress and log tail of RUN (default: latest); FOLLOW=1 follows it live (MODEL=name: one model)
+	$(INVOKE) log $(if $(RUN),--run-id $(RUN)) $(if $(FOLLOW),--follow) $(if $(MODEL),--model $(MODEL))
+runs: venv  ## every run, newest first: VMs, models, duration, cost, results (SINCE=7d LIMIT=N JSON=1)
+	$(PYTHON) bin/runs $(if $(SINCE),--since $(SINCE)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(JSON),--json)
 monitor: venv  ## CPU, memory, disk of VM NAME
 	$(INVOKE) monitor --name $(NAME)
 extend: venv  ## give the running job MINUTES more
@@ -112,5 +114,8 @@ bench-pack: venv  ## benchmark: VM-core utilization of 16 packed one-core models
 
 bench-pull-scale: venv  ## benchmark: pull's time per result set at 1,000 and at 10,000 sets (not part of make test)
 	$(PYTHON) -m pytest -q -s tests/bench/bench_pull_scale.py
+
+bench-runs: venv  ## benchmark: `ops-hpc runs` listing 40 runs from the bucket (not part of make test)
+	$(PYTHON) -m pytest -q -s tests/bench/bench_runs.py
 
 bench: bench-pull

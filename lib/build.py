@@ -51,6 +51,7 @@ def build_image(cfg: Config, *, on_log: Log = print, on_progress: Progress | Non
     spec = compute.plan_vm(cfg, name=name, kind="build", run_id=f"build-{stamp}", spot=True)
     with VMGuard(cfg, name, on_log=on_log, state=state) as guard:  # entered first: it covers the creation too
         vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
+        cfg = cfg.replace(zone=vm.zone)  # where it landed: a zone out of capacity moves it on
         step(1)
         ssh.wait_for_ssh(cfg, name, ssh_timeout, on_log=on_log)
         step(2)

@@ -141,6 +141,15 @@ def global_operations(cfg: Config) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
+def quotas(cfg: Config) -> Any:
+    """A Cloud Quotas client (REST): per-family CPU quota; the local cloud serves it on its compute port."""
+    from google.cloud import cloudquotas_v1
+
+    options = {"api_endpoint": cfg.compute_endpoint} if cfg.compute_endpoint else None
+    return cloudquotas_v1.CloudQuotasClient(credentials=credentials(cfg), transport="rest", client_options=options)
+
+
+@functools.lru_cache(maxsize=8)
 def storage(cfg: Config) -> Any:
     """A google.cloud.storage Client; on the local cloud it speaks to fake-gcs-server through its door."""
     from google.cloud import storage as gcs

@@ -7,11 +7,14 @@ Safety rules that hold for every VM created here:
 - scheduling.maxRunDuration is always set with instanceTerminationAction DELETE, so Google deletes the
   VM even if this PC, its guard, its session state and the sweeper all fail;
 - on-demand unless spot is asked for (preemption loses work);
-- machine type, image and regional CPU quota are checked before anything is created (lib/vmplan.py);
+- machine type, image and CPU quota (regional and family) are checked before anything is created (lib/vmplan.py);
+- a zone out of capacity (ZONE_RESOURCE_POOL_EXHAUSTED) moves the insert to the next zone of the spec, then
+  (spot, when allowed) on demand; nothing is left in a zone that failed;
 - mutations carry a request_id chosen before the first attempt, so a retry cannot create twice, and an
   insert is recorded in session state before it is sent.
 
 The planning names (plan_vm, VmSpec, labels, ...) are re-exported here: callers need one module for VMs.
+(Over 400 lines on purpose: create, the zone failover and the guard's in-flight record share one lock and state.)
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ from lib.vmplan import (
 __all__ = [
     "BUILD_MAX_RUN_S", "KINDS", "LABEL_END", "LABEL_HOST", "LABEL_KEY", "LABEL_KIND", "LABEL_LAUNCHED",
     "LABEL_REPORTS", "LABEL_RUN", "MAX_RUN_LIMIT_S", "OP_TIMEOUT_S", "SCOPES", "STOPPED_STATES", "ImageNotFound",
-    "OperationFailed", "Vm", "VmSpec", "cpu_quota", "create_vm", "delete_vm", "expected_seconds", "get_vm",
-    "insert_in_flight", "instance_resource", "label_value", "list_vms", "max_run_seconds", "plan_vm",
+    "OperationFailed", "Stockout", "Vm", "VmSpec", "cpu_quota", "create_vm", "delete_vm", "expected_seconds",
+    "get_vm", "insert_in_flight", "instance_resource", "label_value", "list_vms", "list_vms_in_zones",
+    "max_run_seconds", "placed", "plan_vm",
     "resolve_image", "set_expected_end", "settle_insert", "stop_vm", "this_host", "wait_operation",
     "worst_case_cost",
 ]
@@ -145,15 +149,19 @@ class OperationFailed(OpsError):
     """Google answered: the operation ended in an error (so it will not complete later)."""
 
 
+class Stockout(OperationFailed):
+    """The zone has no capacity for the machine type now (the insert's operation failed): try another zone."""
+
+
 def wait_operation(op: Any, what: str, *, timeout: float = OP_TIMEOUT_S) -> None:
-    """Wait for a zone or global operation; a failed one becomes a one-line OperationFailed."""
+    """Wait for a zone or global operation; a failed one becomes a one-line OperationFailed (Stockout)."""
     from google.api_core import exceptions as gexc  # heavy: imported at first use, keeps --help fast
 
     try:
         op.result(timeout=timeout)
     except gexc.GoogleAPICallError as exc:
         told = errors.explain(exc, what=f"{what} failed")  # quota, stockout, permission: the advice with it
-        raise OperationFailed(str(told or f"{what} failed: {getattr(exc, 'message', exc)}"),
+        raise (Stockout if errors.is_stockout(exc) else OperationFailed)(str(told or f"{what} failed: {getattr(exc, 'message', exc)}"),
                               code=told.code if told else None) from None
     if getattr(op, "error_code", None):
         raise OperationFailed(f"{what} failed: {op.error_message or op.error_code}")
@@ -179,6 +187,29 @@ def list_vms(cfg: Config, *, ours_only: bool = True) -> list[Vm]:
 
     vms = [Vm.from_instance(i) for i in retry.call(fetch)]
     return [v for v in vms if v.ours] if ours_only else vms
+
+
+def list_vms_in_zones(cfg: Config, *, ours_only: bool = True) -> list[Vm]:
+    """VMs of every zone of the project in one instances.aggregatedList (a failover may have put one anywhere
+    in the region; the sweeper, status, reconcile and cleanup must see them all). Each Vm's zone says where."""
+    from google.cloud import compute_v1 as c  # heavy: imported at first use, keeps --help fast
+
+    cfg = clients.resolve(cfg)
+    request = c.AggregatedListInstancesRequest(project=cfg.project)
+    pages = retry.listing(clients.instances(cfg).aggregated_list, request=request)
+    vms = [Vm.from_instance(i) for _, scoped in pages for i in scoped.instances]
+    return [v for v in vms if v.ours] if ours_only else vms
+
+
+# Where this process put (or is putting) each VM it created: a failover moves a VM out of the configured zone,
+# and the guard, launch and follow must address it there.
+_PLACED: dict[str, str] = {}
+
+
+def placed(cfg: Config, name: str) -> Config:
+    """`cfg` with the zone this process created VM `name` in (unchanged for a VM it did not create)."""
+    zone = _PLACED.get(name)
+    return cfg.replace(zone=zone) if zone and zone != cfg.zone else cfg
 
 
 # Inserts sent by this process and not yet answered, by VM name: a VMGuard that fires meanwhile (Ctrl+C during
@@ -216,26 +247,55 @@ def settle_insert(name: str, *, timeout: float = OP_TIMEOUT_S, on_log: Log = qui
     return True
 
 
-def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = quiet, state: SessionState | None = None) -> Vm:
-    """Create the VM; returns get_vm().
+def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = quiet, state: SessionState | None = None,
+              on_demand_fallback: bool = False, exhausted: set[tuple[str, bool]] | None = None) -> Vm:
+    """Create the VM in the first of spec.zones with capacity; returns get_vm() (its zone says where it is).
 
-    Session state records the VM and the insert's requestId BEFORE the insert is sent, so a process killed
-    mid-insert leaves an entry that reconcile keeps until the insert can no longer land.
+    A zone out of capacity is one line and the next zone is tried; a spot VM that finds none is tried on demand
+    in the same order when `on_demand_fallback` (run-staged's spot policy). `exhausted` (zone, spot) pairs that
+    ran out earlier in the same launch are tried last. Anything else that fails ends the attempt.
     """
+    cfg = clients.resolve(cfg)
+    state = state or SessionState(cfg)
+    exhausted = set() if exhausted is None else exhausted
+    zones = list(spec.zones or (spec.zone,))
+    tries = [(z, spec.spot) for z in zones] + ([(z, False) for z in zones] if spec.spot and on_demand_fallback else [])
+    tries.sort(key=lambda t: (t[1] != spec.spot, t in exhausted))
+    on_log(f"creating {spec.kind} VM {spec.name} ({spec.machine_type}, {'spot' if tries[0][1] else 'on-demand'}, "
+           f"image {spec.image_name}, in {tries[0][0]}, deleted by Google after {duration(spec.max_run_s)} at the latest)")
+    for n, (zone, spot) in enumerate(tries):
+        try:
+            return _create_in(cfg.replace(zone=zone), spec.in_zone(zone, spot=spot), on_log, state)
+        except Stockout:
+            exhausted.add((zone, spot))
+            kind = "spot" if spot else "on-demand"
+            if n + 1 < len(tries):
+                zone2, spot2 = tries[n + 1]
+                on_log(f"{zone}: no capacity for {kind} {spec.machine_type} (ZONE_RESOURCE_POOL_EXHAUSTED); trying "
+                       f"{zone2}" + (" on demand" if spot and not spot2 else ""))
+            else:
+                on_log(f"{zone}: no capacity for {kind} {spec.machine_type} (ZONE_RESOURCE_POOL_EXHAUSTED)")
+    tried = ", ".join(dict.fromkeys(z for z, _ in tries))
+    raise Stockout(f"creating VM {spec.name} failed: no capacity for {spec.machine_type} in {tried} right now "
+                   f"({'spot, then on demand' if len(tries) > len(zones) else 'spot' if spec.spot else 'on-demand'}): "
+                   "retry later, list more zones (`zones` in ops-hpc.toml) or choose another machine_type "
+                   "(nothing was created)")
+
+
+def _create_in(cfg: Config, spec: VmSpec, on_log: Log, state: SessionState) -> Vm:
+    """One insert in spec.zone. Session state records the VM and the insert's requestId BEFORE it is sent, so a
+    process killed mid-insert leaves an entry that reconcile keeps until the insert can no longer land."""
     from google.api_core import exceptions as gexc  # heavy: imported at first use, keeps --help fast
     from google.cloud import compute_v1 as c  # heavy: imported at first use, keeps --help fast
 
-    cfg = clients.resolve(cfg)
-    state = state or SessionState(cfg)
     request_id = str(uuid.uuid4())  # chosen once: every retry of this insert is the same request
     state.register_vm(spec.name, run_id=spec.run_id, kind=spec.kind, zone=spec.zone, expected_end=spec.expected_end,
                       max_run_end=spec.max_run_end, phase="creating", machine_type=spec.machine_type, spot=spec.spot,
                       request_id=request_id)
-    on_log(f"creating {spec.kind} VM {spec.name} ({spec.machine_type}, {'spot' if spec.spot else 'on-demand'}, "
-           f"image {spec.image_name}, deleted by Google after {duration(spec.max_run_s)} at the latest)")
     request = c.InsertInstanceRequest(project=spec.project, zone=spec.zone, request_id=request_id,
                                       instance_resource=instance_resource(spec))
     with _IN_FLIGHT_LOCK:
+        _PLACED[spec.name] = spec.zone
         _IN_FLIGHT[spec.name] = (cfg, request)
     # Ctrl+C or a kill arriving now leaves the record in _IN_FLIGHT on purpose: the guard settles it.
     try:
@@ -246,6 +306,8 @@ def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = quiet, state: SessionS
         # A definite refusal (4xx) created nothing: forget the entry. Anything else (timeout, 5xx after the
         # retries) may still land: the entry stays, and reconcile deletes or drops it once that is known.
         refused = isinstance(exc, (gexc.ClientError, OperationFailed))
+        if isinstance(exc, Stockout) and _quiet_get(cfg, spec.name) is not None:  # leave nothing in that zone
+            delete_vm(cfg, spec.name, on_log=on_log, state=state)
         if refused and _quiet_get(cfg, spec.name) is None:
             state.unregister_vm(spec.name)
         if isinstance(exc, gexc.Conflict):
@@ -257,7 +319,7 @@ def create_vm(cfg: Config, spec: VmSpec, *, on_log: Log = quiet, state: SessionS
     state.register_vm(spec.name, run_id=spec.run_id, kind=spec.kind, zone=spec.zone, expected_end=spec.expected_end,
                       max_run_end=spec.max_run_end, phase="running")
     vm = get_vm(cfg, spec.name) or Vm(name=spec.name, status="UNKNOWN", zone=spec.zone)
-    on_log(f"VM {spec.name} is {vm.status}")
+    on_log(f"VM {spec.name} is {vm.status} in {vm.zone}")
     return vm
 
 

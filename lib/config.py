@@ -81,6 +81,8 @@ def _bucket_problem(name: str) -> str | None:
 
 
 _ZONE = _check(r"[a-z]+-[a-z]+[0-9]+-[a-z]", "expected a zone like us-central1-a")
+_ZONES = _check(r"([a-z]+-[a-z]+[0-9]+-[a-z])(,[a-z]+-[a-z]+[0-9]+-[a-z])*",
+                "expected zones like us-central1-a,us-central1-b (a TOML list or comma-separated)")
 _REGION = _check(r"[a-z]+-[a-z]+[0-9]+", "expected a region like us-central1")
 _PROJECT = _check(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", "expected a project id: 6-30 lowercase letters, digits or '-'")
 _MACHINE = _check(
@@ -103,6 +105,22 @@ _ENDPOINT = _check(r"(https?://[^\s/]+(/\S*)?)?", "expected an http(s):// URL or
 _NAME = _check(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", "expected a lowercase resource name")
 
 
+def _notify_problem(value: str) -> str | None:
+    """notify: webhook URLs and mailto: addresses, separated by commas or spaces."""
+    for item in re.split(r"[,\s]+", value.strip()):
+        if item and not re.fullmatch(r"https?://[^\s/]+\S*|mailto:[^@\s]+@[^@\s]+", item):
+            return f"{item!r}: expected webhook URLs (https://...) or mailto:NAME@HOST, separated by commas"
+    return None
+
+
+def _notify_on_problem(value: str) -> str | None:
+    bad = [e for e in re.split(r"[,\s]+", value.strip()) if e and e not in ("end", "failure", "pulled")]
+    return f"unknown event(s) {', '.join(bad)}: expected end, failure, pulled" if bad else None
+
+
+_SMTP = _check(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", "expected an SMTP host, optionally :PORT (e.g. smtp.example.com:587)")
+
+
 def _opt(check: Callable[[str], str | None] | None, default: Any = "", doc: str = "", *,
          minimum: float | None = None, as_list: bool = False) -> Any:
     """A setting; `minimum` for numbers whose smaller values would make a safety net fire early; `as_list`:
@@ -118,6 +136,8 @@ class Config:
     project: str = _opt(None, "", "GCP project id")
     region: str = _opt(_REGION, "", "defaults to the zone's region")
     zone: str = _opt(_ZONE, "us-central1-a")
+    zones: str = _opt(_ZONES, "", "zones a VM is tried in, in order, when one is out of capacity; defaults to the "
+                                  "region's zones that offer the machine type", as_list=True)
     bucket: str = _opt(_bucket_problem, "", "defaults to PROJECT-ops-hpc")
     image_family: str = _opt(_NAME, "opensees-hpc")
     image_project: str = _opt(None, "", "project holding the opensees-hpc image; defaults to project")
@@ -130,7 +150,7 @@ class Config:
     confirm_above_usd: float = _opt(None, 20.0, "a run whose worst-case cost is above this asks first (--yes)")
     spot: bool = _opt(None, False, "spot VMs only when asked: preemption loses work")
     disk_size_gb: int = _opt(None, 200)
-    service_account: str = _opt(None, "", "defaults to the project's compute service account")
+    service_account: str = _opt(None, "", "defaults to ops-hpc-vm@PROJECT.iam.gserviceaccount.com (`make setup`)")
     network: str = _opt(_NAME, "default")
     subnetwork: str = _opt(None, "")
     use_iap: bool = _opt(None, False, "ssh through an IAP tunnel (VMs without external IPs)")
@@ -144,6 +164,11 @@ class Config:
     storage_endpoint: str = _opt(_ENDPOINT, "", "override of https://storage.googleapis.com")
     monitoring_endpoint: str = _opt(None, "", "host:port of a Monitoring gRPC endpoint")
     time_scale: float = _opt(None, 1.0, "local cloud only: how many times faster VM clocks run")
+    notify: str = _opt(_notify_problem, "", "webhook URLs and/or mailto: addresses told when runs end or results land")
+    notify_on: str = _opt(_notify_on_problem, "end,pulled", "events to notify: end, failure, pulled")
+    smtp_server: str = _opt(_SMTP, "", "SMTP host[:port] for mailto: notifications (password: OPS_HPC_SMTP_PASSWORD)")
+    smtp_user: str = _opt(None, "", "SMTP login user (empty: no login)")
+    smtp_from: str = _opt(None, "", "sender of notification mails (default: smtp_user)")
 
     # -- derived values ---------------------------------------------------
     @property
@@ -157,6 +182,11 @@ class Config:
     @property
     def machine_type_list(self) -> list[str]:
         return [n.strip() for n in self.machine_types.split(",") if n.strip()]
+
+    @property
+    def zone_list(self) -> list[str]:
+        """The configured `zones`, in order (empty: the region's zones that offer the machine type)."""
+        return [z for z in self.zones.split(",") if z]
 
     @property
     def bucket_name(self) -> str:
@@ -199,6 +229,11 @@ class Config:
             source = raw.get("time_scale", (None, "default"))[1]
             raise ConfigError(f"time_scale = {config.time_scale:g} from {source}: only the local cloud's clocks can "
                               "run faster; remove it for backend gcp")
+        stray = [z for z in config.zone_list if z.rsplit("-", 1)[0] != config.region_name]
+        if stray:  # CPU quota is regional: a run's VMs stay in one region
+            source = raw.get("zones", (None, "default"))[1]
+            raise ConfigError(f"zones from {source}: {', '.join(stray)} not in region {config.region_name} "
+                              f"(of zone {config.zone}): list zones of one region")
         if config.project:
             problem = _PROJECT(config.project)
             if problem:
@@ -360,8 +395,8 @@ def _coerce(cls: type[Config], name: str, value: Any, source: str) -> Any:
             raise ConfigError(f"{where}: expected at least {minimum:g} (less would delete VMs before their "
                               "results are safe)")
         return number
-    if spec.metadata.get("list") and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        value = ",".join(value)  # a TOML list of names
+    if spec.metadata.get("list") and isinstance(value, list):
+        value = ",".join(str(v).strip() for v in value)  # a TOML list of names
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected text")
     value = value.strip()

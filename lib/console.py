@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from lib import cli, paths
 
 # subcommand -> bin/ script
-SCRIPTS = ("pull", "verify", "report", "stage", "launch", "push", "sweep", "status", "localcloud")
+SCRIPTS = ("pull", "verify", "report", "stage", "launch", "push", "sweep", "status", "localcloud", "runs")
 # subcommand -> invoke task path in lib/tasks.py
 TASKS = {
     "setup": "setup", "cleanup": "cleanup", "config": "config", "run-staged": "run-staged", "run": "run.jobs",
@@ -34,7 +34,7 @@ ALIASES = {
     ("vm", "stop"): ["delete-vm"], ("vm", "abort"): ["abort"], ("vm", "emergency"): ["emergency"],
     ("vm", "monitor"): ["monitor"], ("vm", "extend"): ["extend"], ("vm", "download"): ["download"],
     ("run", "staged"): ["run-staged"], ("run", "jobs"): ["run"], ("run", "log"): ["log"], ("run", "demo"): ["demo"],
-    ("run", "stage"): ["stage"],
+    ("run", "stage"): ["stage"], ("run", "list"): ["runs"],
 }
 GROUPS = ("results", "vm", "image", "run", "localcloud")
 
@@ -75,9 +75,29 @@ def resolve(argv: Sequence[str]) -> tuple[str, str, list[str]]:
     head, rest = args[0], args[1:]
     if head in SCRIPTS:
         return "script", head, rest
+    if head == "log":
+        rest = log_flags(rest)
     if head in TASKS:
         return "task", TASKS[head], rest
     raise cli.UsageError(f"unknown command {' '.join(args[:2])!r}: `ops-hpc --help` lists them")
+
+
+def log_flags(argv: Sequence[str]) -> list[str]:
+    """`log -f [RUN] [MODEL]` as the task's flags: a run id (run-...) is --run-id, another word --model."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-f", "--follow"):
+            out.append("--follow")
+        elif arg in ("--tail", "-t", "--run-id", "-r", "--model", "-m"):
+            out += [arg, next(args, "")]
+        elif arg.startswith("-"):
+            out.append(arg)
+        elif arg.startswith("run-") and "--run-id" not in out:
+            out += ["--run-id", arg]
+        else:
+            out += ["--model", arg]
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

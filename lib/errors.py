@@ -116,6 +116,11 @@ def _operation_codes(exc: BaseException) -> set[str]:
     return codes
 
 
+def is_stockout(exc: BaseException) -> bool:
+    """A failed insert whose zone has no capacity (ZONE_RESOURCE_POOL_EXHAUSTED and kin): another zone may have."""
+    return bool(_operation_codes(exc) & _STOCKOUT)
+
+
 def _short(text: str, limit: int = 200) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -159,7 +164,7 @@ def _api_error(exc: BaseException, what: str) -> OpsError | None:
         return Missing(f"{prefix}{service}: not found: {message}")
     if codes & _STOCKOUT:
         return OpsError(f"{prefix}the zone has no capacity for this machine type right now (stockout): retry later, "
-                        "or set another zone (OPS_HPC_ZONE / zone in ops-hpc.toml) or a smaller machine_type")
+                        "or list more zones (zones in ops-hpc.toml) or choose a smaller machine_type")
     if isinstance(exc, (gexc.TooManyRequests, gexc.ResourceExhausted)) or codes & _QUOTA:
         return OpsError(f"{prefix}{service}: quota or rate limit exceeded ({message}): wait a few minutes and retry; "
                         "for CPU quota see `make setup` and request more in the console (IAM & Admin > Quotas), "

@@ -150,7 +150,8 @@ class VMGuard:
         try:
             # Interrupted mid-insert: the VM may appear a moment after this; wait for the insert, then delete.
             compute.settle_insert(self.name, on_log=self.on_log)
-            self.deleted = compute.delete_vm(self.cfg, self.name, on_log=self.on_log, state=self.state)
+            where = compute.placed(self.cfg, self.name)  # a zone failover may have put it elsewhere
+            self.deleted = compute.delete_vm(where, self.name, on_log=self.on_log, state=self.state)
             if not self.deleted:
                 self.on_log(f"VMGuard: VM {self.name} was already gone")
             return True

@@ -264,7 +264,7 @@ def reconcile(cfg: Config, *, on_log: Log = quiet, on_warn: Log = quiet, vms: li
     state = SessionState(cfg)
     result = ReconcileResult()
     registered, result.state_problem = _registered(state, on_warn)
-    live = {vm.name: vm for vm in (compute.list_vms(cfg) if vms is None else vms) if vm.ours}
+    live = {vm.name: vm for vm in (compute.list_vms_in_zones(cfg) if vms is None else vms) if vm.ours}
     for name, known in registered.items():  # registered in another zone: look where it was created
         if name not in live and known.get("zone") and known["zone"] != cfg.zone:
             found = compute.get_vm(cfg.replace(zone=known["zone"]), name)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib import clients, compute, push, ssh, storage
+from lib import clients, compute, push, runs, ssh, storage
 from lib.batches import Model, parse_batch
 from lib.config import Config
 from lib.deadline import CHECK_S, Channel, Deadline, Watchdog
@@ -120,7 +120,10 @@ def run_jobs(
     limit = cfg.upload_timeout_min * minute_s
     # entered first: it covers the creation too; an interrupt lets the pushes in flight finish (at most `limit`)
     with VMGuard(cfg, name, on_log=on_log, state=state, pending=lambda: uploads, hold_s=limit) as guard:
-        compute.create_vm(cfg, spec, on_log=on_log, state=state)
+        vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
+        cfg = cfg.replace(zone=vm.zone)  # where it landed: a zone out of capacity moves it on
+        runs.record_vm(cfg, run_id, name, on_log=on_log, kind="run", machine_type=spec.machine_type, zone=vm.zone,
+                       spot=vm.spot, launched=round(time.time(), 3), models=[m.name for m in batch.models])
         ssh.wait_for_ssh(cfg, name, ssh_timeout, on_log=on_log)
         push.install_tools(cfg, name, on_log=on_log)
         for index, (job, result) in enumerate(zip(batch.models, results, strict=True)):
@@ -141,6 +144,8 @@ def run_jobs(
             on_log(f"uploads still running after {cfg.upload_timeout_min} min: {', '.join(late)}; deleting the VM anyway")
         run.deleted = compute.delete_vm(cfg, name, on_log=on_log, state=state)
         guard.disarm()
+    runs.record_vm(cfg, run_id, name, on_log=on_log, ended=round(time.time(), 3), state="done",
+                   jobs={r.name: r.state for r in results})
     for r in results:
         on_log(f"  {r.name}: {r.state}{' (exit ' + str(r.exit_code) + ')' if r.exit_code else ''}, {r.seconds:.0f} s"
                f"{', extended ' + format(r.extended_min, 'g') + ' min' if r.extended_min else ''}"

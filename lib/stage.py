@@ -245,7 +245,9 @@ ABANDON_S = 7 * 86400.0  # an unfinished run (preempted, lost) keeps its inputs 
 
 def tidy_finished_runs(cfg: Config, *, grace_s: float = TIDY_GRACE_S, abandon_s: float = ABANDON_S,
                        now: float | None = None, on_log: Log = quiet) -> list[str]:
-    """Remove `_uploads/RUN/`, `_status/RUN/` (+ `_status/RUN.txt`) and `_logs/RUN/` of runs that are over.
+    """Remove `_uploads/RUN/`, `_status/RUN/` (+ `_status/RUN.txt`), `_logs/RUN/` and `_runs/RUN/` of runs that are over.
+
+    From then on `ops-hpc runs` lists the run only on the PCs that launched or pulled it (their history).
 
     A run is over when no VM of it exists (label ops-hpc-run), none of its results waits in the bucket
     (`RUN/` is empty: all pulled), and its newest bookkeeping object is older than `grace_s`; a run whose
@@ -284,7 +286,7 @@ def tidy_finished_runs(cfg: Config, *, grace_s: float = TIDY_GRACE_S, abandon_s:
                         for m, i in s.get("per_model", {}).items() if i["state"] in runstatus.FINAL}
             if any(m["name"] not in finished for m in description["models"]):
                 continue
-        removed = sum(storage.delete_prefix(cfg, f"{top}/{run_id}/") for top in (UPLOADS, "_status", "_logs"))
+        removed = sum(storage.delete_prefix(cfg, f"{top}/{run_id}/") for top in (UPLOADS, "_status", "_logs", "_runs"))
         storage.delete_many(cfg, [(f"_status/{run_id}.txt", None)])
         on_log(f"run {run_id}: every result pulled and no VM left: removed its {removed} staged/status/log object(s)")
         tidied.append(run_id)

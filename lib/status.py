@@ -41,7 +41,7 @@ def vm_rows(cfg: Config, vms: list[Vm], *, now: float | None = None) -> list[dic
         uptime = max(0.0, now - vm.last_start_epoch) if running and vm.last_start_epoch is not None else 0.0
         hourly = pricing.hourly(cfg, vm.machine_type, spot=vm.spot)
         rows.append({
-            "name": vm.name, "status": vm.status, "machine_type": vm.machine_type, "spot": vm.spot,
+            "name": vm.name, "status": vm.status, "zone": vm.zone, "machine_type": vm.machine_type, "spot": vm.spot,
             "kind": vm.kind, "run_id": vm.run_id, "uptime_s": int(uptime),
             "left_expected_s": int(vm.expected_end - now) if vm.expected_end else None,
             "left_max_run_s": int(vm.max_run_end - now) if vm.max_run_end and running else None,
@@ -91,7 +91,7 @@ def usage(cfg: Config, *, days: int = 30, now: float | None = None) -> dict[str,
         known.update(SessionState(cfg).history())
     except OpsError:  # an unreadable state file: machine types of live VMs only
         pass
-    for vm in compute.list_vms(cfg, ours_only=False):  # the run id as launched (history) beats its label value
+    for vm in compute.list_vms_in_zones(cfg, ours_only=False):  # the run id as launched (history) beats its label value
         known[vm.name] = {"run_id": vm.run_id, **known.get(vm.name, {}), "machine_type": vm.machine_type,
                           "spot": vm.spot}
     per_vm: dict[str, dict[str, Any]] = {}
@@ -182,7 +182,7 @@ def status(cfg: Config, *, with_usage: bool = False, on_log: Log = quiet, on_war
     cfg = clients.resolve(cfg)
     out: dict[str, Any] = {"project": cfg.project, "zone": cfg.zone, "prices": pricing.note(cfg), "errors": []}
     out["state_moved_aside"] = quarantine_state(cfg, on_warn=on_warn)
-    vms = compute.list_vms(cfg, ours_only=False)
+    vms = compute.list_vms_in_zones(cfg, ours_only=False)  # every zone: a failover may have moved a VM
     rec = reconcile(cfg, on_log=on_log, on_warn=on_warn, vms=vms, first_status_s=first_status_s)
     out["reconcile"] = rec.to_dict()
     gone = set(rec.deleted)
@@ -221,7 +221,8 @@ def format_status(info: dict[str, Any]) -> list[str]:
                                                        if info["other_vms"] else ""))
     for r in info["vms"]:
         cost = "?" if r["cost_so_far_usd"] is None else f"{r['cost_so_far_usd']:.2f} USD"
-        lines.append(f"  {r['name']}  {r['status']}  {r['machine_type']}{' spot' if r['spot'] else ''}  "
+        where = f"  in {r['zone']}" if r.get("zone") and r["zone"] != info["zone"] else ""  # a failover moved it
+        lines.append(f"  {r['name']}  {r['status']}{where}  {r['machine_type']}{' spot' if r['spot'] else ''}  "
                      f"up {_dur(r['uptime_s'])}  to expected end {_dur(r['left_expected_s'])}  "
                      f"to max run {_dur(r['left_max_run_s'])}  cost so far {cost}")
     b = info.get("bucket")

@@ -113,6 +113,16 @@ def download_bytes(cfg: Config, name: str) -> bytes | None:
         return None
 
 
+def download_range(cfg: Config, name: str, start: int, end: int | None = None) -> bytes | None:
+    """Bytes start..end (inclusive, as an HTTP Range) of an object, or None if absent: follow a growing log."""
+    from google.api_core import exceptions as gexc
+
+    try:
+        return retry.google(bucket(cfg).blob(name).download_as_bytes, start=start, end=end, checksum=None)
+    except gexc.NotFound:
+        return None
+
+
 BATCH_MAX = 100  # calls per GCS JSON batch request (GCS's limit)
 
 

@@ -1,6 +1,6 @@
 """The sweeper: run by cron / Task Scheduler every 5 minutes, it deletes ops-hpc VMs nobody will delete.
 
-Rules, in order, for every VM of the configured zone (and the zones session state mentions):
+Rules, in order, for every VM of every zone (one instances.aggregatedList: a zone failover puts VMs anywhere):
 1. no `ops-hpc=true` label            -> never touched; reported as an orphan it will not touch
 2. STOPPED / TERMINATED / SUSPENDED   -> deleted: its disk still bills and nothing will restart it
 3. past `ops-hpc-end` + grace minutes -> deleted: the run is overdue (the later of the label and session state wins,
@@ -34,16 +34,6 @@ from lib.reconcile import ReconcileResult, reconcile
 from lib.state import SessionState
 
 LOCK_FILE = "sweep.lock"
-
-
-def _zones(cfg: Config, on_warn: Log = quiet) -> list[str]:
-    """The configured zone and every zone session state mentions (the configured one alone if it is unreadable)."""
-    zones = {cfg.zone}
-    try:
-        zones.update(str(e["zone"]) for e in SessionState(cfg).vms().values() if e.get("zone"))
-    except OpsError as exc:
-        on_warn(f"warning: {exc}; sweeping zone {cfg.zone} by labels alone")
-    return sorted(zones)
 
 
 def decide(vm: Vm, *, now: float, grace_s: float, state_end: float | None = None) -> tuple[str, str]:
@@ -121,8 +111,7 @@ def sweep(cfg: Config, *, grace_min: float | None = None, dry_run: bool = False,
         result.skipped = True
         return result
     try:
-        zones = _zones(cfg, on_warn)
-        vms = [vm for z in zones for vm in compute.list_vms(cfg.replace(zone=z), ours_only=False)]
+        vms = compute.list_vms_in_zones(cfg, ours_only=False)
         result.reconcile = reconcile(cfg, on_log=on_log, on_warn=on_warn, vms=vms, now=now, dry_run=dry_run,
                                      first_status_s=first_status_s)
         now = time.time() if now is None else now
@@ -192,7 +181,7 @@ def cleanup(cfg: Config, *, confirm: Callable[[str], bool], on_log: Log = quiet)
     from lib import storage  # only cleanup needs it: keeps bin/sweep --help fast
 
     cfg = clients.resolve(cfg)
-    vms = [vm for z in _zones(cfg, on_log) for vm in compute.list_vms(cfg.replace(zone=z))]
+    vms = compute.list_vms_in_zones(cfg)
     try:
         objects = len(storage.list_blobs(cfg))
     except Exception as exc:  # a missing bucket: nothing to wipe there

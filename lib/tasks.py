@@ -4,7 +4,7 @@
   results.pull|watch|verify      results from the bucket to this PC (= bin/pull, bin/verify)
   vm.launch|delete|abort|emergency|monitor|extend|push|download   one VM
   image.list|archive|restore|delete|build                         the opensees-hpc images
-  run.staged|jobs|stage|log|demo                                  the pipelines
+  run.staged|jobs|stage|log|demo|runs                             the pipelines
   setup, status, cleanup, sweep, build, demo, test, pull, run-staged, log   the everyday ones, also at the top
 
 One calling idiom: everything runs in this process. A job that has a bin/ script runs that
@@ -174,7 +174,8 @@ def setup(c):
     failed = [ch for ch in checks if ch.status == "fail"]
     if failed:
         raise Exit(f"{len(failed)} check(s) failed: fix the lines marked FAIL and rerun `make setup`", code=1)
-    print("setup: all checks passed")
+    unchecked = [ch.name for ch in checks if ch.status == "skip" and ch.fix]  # could not check: said, not passed
+    print("setup: all checks passed" + (f"; not checked: {', '.join(unchecked)} (see its line)" if unchecked else ""))
 
 
 @ops_task(help={"yes": "do not ask (scripts)"})
@@ -413,12 +414,24 @@ def stage(c, batch="batches/example.txt", run_id=None):
     script("stage", batch, *_opt(run_id, "--run-id"))
 
 
-@ops_task(help={"run_id": "run id (default: the latest run)", "tail": "log lines to show"})
-def log(c, run_id=None, tail=20):
-    """Progress of a run-staged run and the tail of its current (or last) model's log."""
+@ops_task(help={"run_id": "run id (default: the latest run)", "tail": "log lines to show",
+                "follow": "print the logs as they grow until the run ends (Ctrl+C leaves the run alone)",
+                "model": "with --follow: only this model (default: all, each line prefixed MODEL| )"})
+def log(c, run_id=None, tail=20, follow=False, model=None):
+    """Progress of a run-staged run and the tail of its current (or last) model's log; -f follows it live."""
     from lib import runlog
 
+    if follow:
+        runlog.follow(_cfg(), run_id, model, on_line=lambda line: print(line, flush=True), on_event=cli.err)
+        return
     print(runlog.format_log(runlog.run_log(_cfg(), run_id, tail=int(tail))))
+
+
+@ops_task(help={"limit": "newest N runs (0: all; default 20)", "since": "only runs since: 7d, 12h, 2026-12-01",
+                "dir": "results folder whose downloads count", "json": "machine-readable"})
+def runs(c, limit=20, since=None, dir="", json=False):
+    """Every run, newest first: VMs, models ok/failed/timeout/running/lost, duration, cost, results pulled."""
+    script("runs", "--limit", str(limit), *_opt(since, "--since"), *_opt(dir, "--dir"), *_flag(json, "--json"))
 
 
 @ops_task(help={"tail": "also print the models' log lines while they run"})
@@ -482,11 +495,11 @@ def namespace() -> Collection:
     vm = Collection("vm", launch, delete, abort, emergency, monitor, extend, push, download)
     ns.add_collection(vm)
     ns.add_collection(Collection("image", image_list, image_archive, image_restore, image_delete, build))
-    run = Collection("run", stage, log, demo)
+    run = Collection("run", stage, log, demo, runs)
     run.add_task(run_staged, name="staged")
     run.add_task(run_jobs, name="jobs")
     ns.add_collection(run)
-    for job in (setup, status, cleanup, sweep, config, build, demo, test, pull, watch, verify, stage, log):
+    for job in (setup, status, cleanup, sweep, config, build, demo, test, pull, watch, verify, stage, log, runs):
         ns.add_task(job)
     ns.add_task(run_staged, name="run-staged")  # `run` itself is the namespace: the ssh pipeline is run.jobs
     for name, job in (("launch", launch), ("push", push), ("monitor", monitor), ("extend", extend), ("abort", abort),

@@ -2,12 +2,15 @@
 
 Nothing here creates anything: `plan_vm` returns a VmSpec (what `bin/launch --dry-run` prints) and
 `instance_resource` the body lib/compute.py sends. Every check that can fail (machine type, image,
-regional CPU quota) runs here, so a failure always ends "(nothing was created)".
+regional and family CPU quota) runs here, so a failure always ends "(nothing was created)"; the zones a
+VM may be tried in (config `zones`, else the region's zones offering the machine type) are decided here too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import math
 import re
 import socket
@@ -16,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib import clients, errors, paths, pricing, retry
+from lib import clients, errors, paths, pricing, retry, vmaccount
+from lib import quotas as family_quota
 from lib.config import Config
 from lib.errors import OpsError, UsageError
 
@@ -98,6 +102,12 @@ class VmSpec:
     subnetwork: str = ""
     external_ip: bool = True
     job_timeouts_min: tuple[int, ...] = field(default_factory=tuple)
+    zones: tuple[str, ...] = ()  # tried in this order when a zone is out of capacity (zone is the first)
+    notes: tuple[str, ...] = ()  # checks that could not be made (shown by launch, never counted as passed)
+
+    def in_zone(self, zone: str, *, spot: bool | None = None) -> VmSpec:
+        """The same VM placed in another zone (and on-demand when spot=False): what a failover sends."""
+        return dataclasses.replace(self, zone=zone, spot=self.spot if spot is None else spot)
 
     def describe(self) -> dict[str, Any]:
         """A printable view (the startup script shown by size only: it can be long)."""
@@ -109,6 +119,8 @@ class VmSpec:
             "max_run_duration_s": self.max_run_s, "max_run_hours": self.max_run_s / 3600,
             "termination_action": "DELETE", "expected_end": _iso(self.expected_end),
             "max_run_end": _iso(self.max_run_end), "labels": dict(self.labels), "metadata": meta,
+            "zones": list(self.zones or (self.zone,)), "service_account": self.service_account,
+            "not_checked": list(self.notes),
         }
 
 
@@ -172,8 +184,32 @@ def machine_type_info(cfg: Config, machine_type: str) -> Any:
                    f"(`gcloud compute machine-types list --zones {cfg.zone}`) (nothing was created)")
 
 
+@functools.lru_cache(maxsize=32)
+def _offering(cfg: Config, machine_type: str) -> tuple[str, ...]:
+    """Zones of the configured region whose machineTypes list has this machine type (one aggregated list)."""
+    from google.cloud import compute_v1 as c  # heavy: imported at first use, keeps --help fast
+
+    request = c.AggregatedListMachineTypesRequest(project=cfg.project, filter=f'name = "{machine_type}"')
+    pages = retry.listing(clients.compute_client("MachineTypesClient", cfg).aggregated_list, request=request)
+    return tuple(sorted(scope.rsplit("/", 1)[-1] for scope, scoped in pages if scoped.machine_types
+                        and scope.rsplit("/", 1)[-1].rsplit("-", 1)[0] == cfg.region_name))
+
+
+def candidate_zones(cfg: Config, machine_type: str) -> list[str]:
+    """Where a VM of this machine type is tried, in order: config `zones` (those that offer it), else the
+    configured zone first and then the region's other zones that offer the machine type."""
+    offered = _offering(clients.resolve(cfg), machine_type)
+    if cfg.zone_list:  # a listed zone without the machine type would fail its insert for nothing
+        return [z for z in cfg.zone_list if z in offered] or cfg.zone_list
+    return [cfg.zone] + [z for z in offered if z != cfg.zone] if cfg.zone in offered or not offered else list(offered)
+
+
 def cpu_quota(cfg: Config, machine_type: str, guest_cpus: int, spot: bool) -> list[dict[str, Any]]:
-    """The regional quota rows that creating this VM counts against: [{metric, limit, usage, needed, ok}]."""
+    """The quota rows that creating this VM counts against: [{metric, limit, usage, needed, ok, checked[, note]}].
+
+    Regional metrics from regions.get; the family's (H3, C3D, ...) from Cloud Quotas when regions.get has no
+    row for it (quotas.family_row: checked=False with a note when that API could not be asked).
+    """
     client = clients.compute_client("RegionsClient", clients.resolve(cfg))
     region = retry.google(client.get, project=cfg.project, region=cfg.region_name)
     quotas = {q.metric: q for q in region.quotas}
@@ -187,7 +223,11 @@ def cpu_quota(cfg: Config, machine_type: str, guest_cpus: int, spot: bool) -> li
         if q is None:
             continue
         rows.append({"metric": metric, "limit": float(q.limit), "usage": float(q.usage), "needed": guest_cpus,
-                     "ok": float(q.usage) + guest_cpus <= float(q.limit)})
+                     "ok": float(q.usage) + guest_cpus <= float(q.limit), "checked": True})
+    if metrics != ["PREEMPTIBLE_CPUS"] and family_metric not in quotas:
+        row = family_quota.family_row(cfg, machine_type, guest_cpus)
+        if row is not None:
+            rows.append(row)
     return rows
 
 
@@ -226,9 +266,11 @@ def plan_vm(
     now = time.time() if now is None else now
     expected_end = int(now + min(expected_seconds(timeouts, cfg.upload_timeout_min, kind=kind), max_run_s))
 
-    mt = machine_type_info(cfg, machine_type)
+    zones = candidate_zones(cfg, machine_type)
+    mt = machine_type_info(cfg.replace(zone=zones[0]), machine_type)
     img = resolve_image(cfg, kind, image)
-    for row in cpu_quota(cfg, machine_type, int(mt.guest_cpus), spot):
+    rows = cpu_quota(cfg, machine_type, int(mt.guest_cpus), spot)
+    for row in rows:
         if not row["ok"]:
             raise OpsError(
                 f"not enough {row['metric']} quota in {cfg.region_name} for {machine_type}: limit {row['limit']:g}, "
@@ -245,11 +287,12 @@ def plan_vm(
         labels[LABEL_REPORTS] = "status"
     disk = max(int(cfg.disk_size_gb), int(img.disk_size_gb or 0))
     return VmSpec(
-        name=name, kind=kind, run_id=run_id, project=cfg.project, zone=cfg.zone, machine_type=machine_type,
+        name=name, kind=kind, run_id=run_id, project=cfg.project, zone=zones[0], machine_type=machine_type,
         guest_cpus=int(mt.guest_cpus), source_image=img.self_link, image_name=img.name, spot=bool(spot),
         max_run_s=max_run_s, expected_end=expected_end, max_run_end=int(now + max_run_s), labels=labels,
-        metadata=meta, disk_size_gb=disk, service_account=cfg.service_account or "default", network=cfg.network,
-        subnetwork=cfg.subnetwork, external_ip=not cfg.use_iap, job_timeouts_min=timeouts,
+        metadata=meta, disk_size_gb=disk, service_account=vmaccount.email(cfg), network=cfg.network,
+        subnetwork=cfg.subnetwork, external_ip=not cfg.use_iap, job_timeouts_min=timeouts, zones=tuple(zones),
+        notes=tuple(row["note"] for row in rows if not row.get("checked", True)),
     )
 
 

@@ -74,7 +74,7 @@ SCENARIOS = {
     "service_disabled": ((200, TOKEN), (403, SERVICE_DISABLED), (403, SERVICE_DISABLED), 2,
                          ["gcloud services enable compute.googleapis.com --project ops-hpc-test"]),
     "permission": ((200, TOKEN), (403, COMPUTE_PERMISSION), (403, PERMISSION), 2, ["permission", "make setup"]),
-    "no_bucket": ((200, TOKEN), (200, {"items": []}), (404, NO_BUCKET), 2, ["does not exist", "make setup"]),
+    "no_bucket": ((200, TOKEN), (200, {}), (404, NO_BUCKET), 2, ["does not exist", "make setup"]),
     "unauthenticated": ((200, TOKEN), (401, UNAUTHENTICATED), (401, UNAUTHENTICATED), 2,
                         ["gcloud auth application-default login"]),
     "rate_limited": ((200, TOKEN), (429, RATE_LIMITED), (429, RATE_LIMITED), 1, ["quota or rate limit", "retry"]),

@@ -17,7 +17,8 @@ def test_all_checks_on_local_cloud_create_the_bucket_locked_down(localcloud, tmp
     checks = preflight.run_checks(cfg, on_check=lambda c: lines.append(c.line()))
     by_name = {c.name: c for c in checks}
     assert [c.name for c in checks] == ["credentials", "project", "Compute Engine API", "Cloud Storage API",
-                                        "Cloud Monitoring API", "OS Login", "bucket", "IAM permissions", "CPU quota"]
+                                        "Cloud Monitoring API", "OS Login", "bucket", "IAM permissions",
+                                        "VM service account", "CPU quota", "family CPU quota"]
     assert all(c.status in ("ok", "skip") for c in checks), "\n".join(lines)
     assert by_name["OS Login"].status == "skip" and by_name["IAM permissions"].detail == "skipped on local cloud (no IAM)"
     assert "created" in by_name["bucket"].detail
@@ -31,7 +32,7 @@ def test_quota_failure_says_what_to_do(localcloud, tmp_path):
     cfg = vm_config(localcloud, tmp_path / "state")
     localcloud.admin("quota", {"metric": "CPUS", "limit": 1})
     try:
-        check = preflight.check_quota(cfg)
+        check = preflight.check_quota(cfg)[0]
     finally:
         localcloud.admin("quota", {"metric": "CPUS", "limit": 1024})
     assert check.status == "fail" and "needs 2 vCPUs" in check.detail

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from lib import compute, runjobs, ssh, storage
+from lib import compute, runjobs, runs, ssh, storage
 from tests.support.bins import REPO
 from tests.support.pipelines import jobs_file, opensees_image, quiet, wait_for
 from tests.support.vms import unique, vm_config
@@ -63,6 +63,10 @@ def test_three_jobs_timeout_extension_from_another_process_and_background_pushes
 
     assert result.deleted and compute.get_vm(cfg, name) is None
     assert not (state_dir / "deadlines" / f"{name}.json").exists()
+    # `ops-hpc runs` lists it from its launch record: its jobs' states, the VM's machine type
+    (row,) = [r for r in runs.list_runs(cfg) if r["run_id"] == result.run_id]
+    assert row["kind"] == "run" and row["model_states"] == {"endless": "timeout", "quick": "ok", "slow": "ok"}
+    assert row["vms"][0]["machine_type"] == cfg.machine_type and row["state"] == "failed" and row["ended"]
     print(f"three-job run: {elapsed:.1f} s")
 
 

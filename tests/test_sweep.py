@@ -183,7 +183,7 @@ def test_sweep_tidies_the_bookkeeping_of_finished_runs(localcloud, bucket, monke
     """The cron sweeper empties the bucket of runs that are over: all results pulled, no VM left."""
     from lib import clients, storage
 
-    monkeypatch.setattr(compute, "list_vms", lambda *a, **k: [])  # no VM of this bucket's runs is left
+    monkeypatch.setattr(compute, "list_vms_in_zones", lambda *a, **k: [])  # no VM of this bucket's runs is left
     for name, data in (("_uploads/run-old/batch.json", '{"models": [{"name": "a", "timeout_min": 1}]}'),
                        ("_status/run-old/vm.txt", "format=1\nrun_id=run-old\nstate=done\nmodel.a=ok 1.0\n"),
                        ("_logs/run-old/a.log", "done\n")):

@@ -33,6 +33,8 @@
 #   ops_self_delete                 -> ask Compute Engine to delete this VM (exit 1 if refused; never powers off)
 #   ops_self_delete_or_stay CMD...  -> self-delete, retried with backoff; if still refused, run CMD (publish
 #                                      state=self_delete_refused) and stay up for the PC or maxRunDuration
+#   ops_notify EVENT TITLE TEXT [K=V...] -> POST a JSON message to every webhook in OPS_NOTIFY (space
+#                                      separated); never fails the caller (logged, 3 tries, 10 s each)
 # Variables: OPS_BUCKET must be set before the gcs functions are used.
 
 OPS_METADATA_HOST="${GCE_METADATA_HOST:-metadata.google.internal}"
@@ -244,4 +246,34 @@ ops_self_delete_or_stay() {
   ops_log "self-delete refused ${OPS_SELF_DELETE_TRIES} time(s): staying up (a stop would cancel the max run duration); the PC deletes this VM"
   "$@"
   return 1
+}
+
+ops_notify() {
+  # ops_notify EVENT TITLE TEXT [K=V...]: tell every webhook in OPS_NOTIFY (the ops-hpc-notify metadata)
+  # about EVENT, each body shaped for its host by ops_helpers.py (Slack, Teams, Discord, ntfy, generic
+  # JSON with the K=V fields). Bounded: OPS_NOTIFY_ATTEMPTS tries of at most OPS_NOTIFY_TIMEOUT seconds
+  # per webhook, retrying connection failures, 408, 429 and 5xx. Always returns 0: a receiver that is
+  # down or slow never fails the run. Logs name the webhook's host only (its path is its secret).
+  local event="$1" title="$2" text="$3" url post host attempt code textfile body
+  shift 3
+  [ -n "${OPS_NOTIFY:-}" ] || return 0
+  textfile=$(mktemp)
+  body=$(mktemp)
+  printf '%s\n' "$text" > "$textfile"
+  for url in $OPS_NOTIFY; do
+    host=$(printf '%s' "$url" | sed -E 's#^[a-z]+://([^/:?]+).*#\1#')
+    post=$(ops_pyhelp notify_body "$url" "$event" "$title" "$textfile" "$body" "$@") || { ops_log "notify: no body for ${host}"; continue; }
+    for attempt in $(seq 1 "${OPS_NOTIFY_ATTEMPTS:-3}"); do
+      code=$(curl -sS -o /dev/null -w '%{http_code}' --connect-timeout 5 --max-time "${OPS_NOTIFY_TIMEOUT:-10}" \
+        -X POST -H 'Content-Type: application/json' --data-binary "@${body}" "$post" 2>/dev/null) || code="000"
+      case "$code" in
+        2??) ops_log "notify: ${event} posted to ${host}"; break ;;
+        000|408|429|5??) ops_log "notify: ${host} answered ${code} (try ${attempt})"
+                         [ "$attempt" -lt "${OPS_NOTIFY_ATTEMPTS:-3}" ] && sleep "$attempt" ;;
+        *) ops_log "notify: ${host} refused the message (HTTP ${code})"; break ;;
+      esac
+    done
+  done
+  rm -f "$textfile" "$body"
+  return 0
 }

@@ -23,6 +23,8 @@ lib.sh) and is copied with the ssh tools, so a VM always runs the helpers its sc
                                      (SHARED_ROOT/KEY), set its environment (OPS_HPC_SHARED too), then exec
                                      `openseesmp CORES MAIN ARGS...`, or for MAIN *.py `opensees-python -u MAIN
                                      ARGS...` (python3 when the image has no opensees-python)
+    notify_body URL EVENT TITLE TEXT_FILE OUT K=V...   write the JSON body for webhook URL to OUT and print
+                                     the URL to POST it to (shaped by host as lib/notify.py `payload`)
 """
 
 import base64
@@ -32,7 +34,7 @@ import shutil
 import struct
 import sys
 import zipfile
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 _TABLE = []
 
@@ -207,6 +209,25 @@ def launch(batch_json, name, cores, shared_root):
     os.execvpe(argv[0], argv, env)
 
 
+def notify_body(url, event, title, text, fields):
+    """(URL to POST to, body) for a webhook, shaped by its host: the same rules as lib/notify.py `payload`."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if host == "hooks.slack.com":
+        return url, {"text": "*%s*\n%s" % (title, text)}
+    if host in ("discord.com", "discordapp.com") or host.endswith(".discord.com"):
+        return url, {"content": ("**%s**\n%s" % (title, text))[:2000]}
+    if host.endswith((".webhook.office.com", ".logic.azure.com", "outlook.office.com")):
+        return url, {"@type": "MessageCard", "@context": "https://schema.org/extensions", "summary": title,
+                     "title": title, "text": text.replace("\n", "  \n")}
+    if host == "ntfy.sh" or host.startswith("ntfy."):
+        return "%s://%s/" % (parts.scheme, parts.netloc), {"topic": parts.path.strip("/"), "title": title,
+                                                           "message": text}
+    body = {"source": "ops-hpc", "event": event, "title": title, "text": text}
+    body.update(fields)
+    return url, body
+
+
 def main(argv):
     if not argv:
         sys.exit("usage: ops_helpers.py COMMAND ARGS...")
@@ -239,6 +260,14 @@ def main(argv):
         pending = [(n, int(c), int(mb)) for n, c, mb in (a.rsplit(":", 2) for a in args[2:])]
         for name in pick(pending, int(args[0]), int(args[1]) if args[1] else None):
             print(name)
+    elif cmd == "notify_body":
+        with open(args[3]) as fh:
+            text = fh.read().rstrip("\n")
+        fields = dict(pair.split("=", 1) for pair in args[5:] if "=" in pair)
+        url, body = notify_body(args[0], args[1], args[2], text, fields)
+        with open(args[4], "w") as fh:
+            json.dump(body, fh)
+        print(url)
     else:
         sys.exit("unknown helper command " + cmd)
 

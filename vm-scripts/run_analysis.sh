@@ -19,6 +19,8 @@
 # Each model runs in its own background subshell (run_model) and reports its phase through files under
 # WORK/phase/, which this shell alone turns into the status file. A model frees its cores when its last
 # attempt ends (zip and upload do not hold them); retries=N re-runs a failed (not timed-out) model.
+#   ops-hpc-notify, ops-hpc-notify-on  webhook URLs told when this VM's run ends ("end") and when a model
+#                                    fails or times out ("failure"); ops-hpc-hourly: its list price, USD/h
 #
 # Bucket layout (see README, "run-staged"):
 #   in:   _uploads/RUN_ID/batch.json, _uploads/RUN_ID/MODEL.zip, _uploads/RUN_ID/shared/KEY.zip (once)
@@ -47,6 +49,10 @@ SUBSET=$(ops_md_attr ops-hpc-models "" | tr ',' ' ')
 SCALE=$(ops_md_attr ops-hpc-time-scale 1)
 LOG_EVERY=$(ops_md_attr ops-hpc-log-interval 5)
 MAX_END=$(ops_md_attr ops-hpc-max-run-end "")
+OPS_NOTIFY=$(ops_md_attr ops-hpc-notify "")
+NOTIFY_ON=",$(ops_md_attr ops-hpc-notify-on ""),"
+HOURLY=$(ops_md_attr ops-hpc-hourly "")
+T_START=$(ops_epoch)
 WORK="$(ops_path /opt/ops-hpc/work)/${RUN_ID}"
 RUNLOG="${WORK}/_vm-${VM}.log"
 STARTED=$(ops_now)
@@ -96,6 +102,26 @@ publish_status() {
 
 upload_runlog() { ops_gcs_upload "$RUNLOG" "_logs/${RUN_ID}/_vm-${VM}.log" text/plain > /dev/null || true; }
 
+notify_end() {
+  # The run on this VM is over (done, error, upload_failed, preempted): every model's state, the VM's
+  # cost at list prices, where the results are. Sent by the VM itself, so it arrives with the PC off.
+  [[ "$NOTIFY_ON" == *,end,* ]] || return 0
+  local name lines="" models="" up cost="" counts
+  for name in "${NAMES[@]}"; do
+    lines+="${name}: ${MSTATE[$name]}${MSECS[$name]:+ (${MSECS[$name]} s)}"$'\n'
+    models+="${models:+,}${name}:${MSTATE[$name]}"
+  done
+  counts=$(for name in "${NAMES[@]}"; do printf '%s\n' "${MSTATE[$name]}"; done | sort | uniq -c |
+    awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2}')
+  up=$(ops_calc "$(ops_epoch) - $T_START")
+  [ -n "$HOURLY" ] && cost=$(awk "BEGIN { printf \"%.4f\", $HOURLY * $up / 3600 }")
+  ops_notify end "ops-hpc: run ${RUN_ID} ${STATE} on ${VM}${counts:+ (${counts})}" \
+    "${lines}VM ${VM}: ${up} s${cost:+, about \$${cost} at list prices}${ERROR:+; error: ${ERROR}}
+results: gs://${OPS_BUCKET}/${RUN_ID}/ (\`ops-hpc pull\` fetches them, \`ops-hpc runs\` lists the run)" \
+    "run_id=${RUN_ID}" "vm=${VM}" "state=${STATE}" "models=${models}" "cost_usd=${cost}" \
+    "results=gs://${OPS_BUCKET}/${RUN_ID}/"
+}
+
 finish() {
   # $1: final state. Self-delete unless a result is stranded on this disk.
   FINISHED=1
@@ -103,6 +129,7 @@ finish() {
   CURRENT_MODEL=""
   publish_status
   ops_log "run ${RUN_ID} on ${VM}: ${STATE}"
+  notify_end
   upload_runlog
   if [ "$STATE" = "upload_failed" ]; then
     ops_log "keeping this VM: results are on its disk under ${WORK}; max run duration deletes it"
@@ -136,6 +163,7 @@ on_term() {
   for name in "${!PID[@]}"; do MSTATE[$name]="interrupted"; done
   ops_log "SIGTERM: the VM is being stopped (preempted?)"
   publish_status
+  OPS_NOTIFY_ATTEMPTS=1 OPS_NOTIFY_TIMEOUT=5 notify_end  # a spot VM has 30 s: one quick try
   upload_runlog
   exit 143
 }
@@ -154,6 +182,7 @@ on_exit() {
   CURRENT_MODEL=""
   ops_log "$ERROR"
   publish_status
+  notify_end
   upload_runlog
   [ "${#STRANDED[@]}" -eq 0 ] && ops_self_delete_or_stay publish_refused
 }
@@ -263,12 +292,18 @@ run_model() {
     "finished=$(ops_now)" "seconds=${seconds}" "vm=${VM}" "attempts=${attempt}" "ended_at=${ended}")
   rm -rf "$dir" "$WORK/$name.inputs"
   ops_log "model ${name}: ${state} (exit ${rc}, ${seconds} s, attempt ${attempt}), ${nfiles:-?} file(s), ${nbytes:-?} bytes: uploading"
+  local outcome="${state} ${seconds} 0"
   if upload_result "$name"; then
-    printf '%s %s 1 %s\n' "$state" "$seconds" "$LAST_UPLOAD" > "$WORK/phase/$name.done"
+    outcome="${state} ${seconds} 1 ${LAST_UPLOAD}"
   else
     ops_log "model ${name}: result upload FAILED; it stays at ${WORK}/${name}.zip"
-    printf '%s %s 0\n' "$state" "$seconds" > "$WORK/phase/$name.done"
   fi
+  if [[ "$state" != "ok" && "$NOTIFY_ON" == *,failure,* ]]; then
+    ops_notify failure "ops-hpc: model ${name} ${state} in run ${RUN_ID}" \
+      "model ${name}: ${state} (exit ${rc}) after ${seconds} s on ${VM}; its files and opensees.log: gs://${OPS_BUCKET}/${RUN_ID}/${name}.zip (\`ops-hpc log ${RUN_ID} ${name}\` shows the log)" \
+      "run_id=${RUN_ID}" "vm=${VM}" "model=${name}" "state=${state}" "exit_code=${rc}"
+  fi
+  printf "%s\n" "$outcome" > "$WORK/phase/$name.done"  # last: the main shell then reaps this subshell at once
 }
 
 sync_phases() {

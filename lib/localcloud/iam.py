@@ -19,6 +19,14 @@ from lib.localcloud.faults import FaultRegistry
 from lib.localcloud.http import error_body
 
 TOKEN_PREFIX = "ya29.localcloud."
+# ops-hpc's own VM account (lib/vmaccount.py): objectAdmin on the bucket and a custom role (get, label, delete)
+# on instances; other accounts stand for the default compute account (Editor). Not modelled: the role's IAM
+# condition (instances named ops-hpc-* only) and the grant being on the results bucket only.
+VM_ACCOUNT_PREFIX = "ops-hpc-vm@"
+VM_ACCOUNT_PERMISSIONS = frozenset({
+    "compute.instances.get", "compute.instances.delete", "compute.instances.setLabels",
+    "storage.objects.create", "storage.objects.get", "storage.objects.list", "storage.objects.delete",
+})
 VM_PERMISSIONS = frozenset({
     "compute.instances.get", "compute.instances.delete", "compute.instances.setLabels",
     "compute.instances.setMetadata", "compute.instances.stop", "compute.zoneOperations.get",
@@ -76,7 +84,8 @@ def required_permission(api: str, method: str, path: str) -> str | None:
 def permissions_of(claims: dict[str, Any], faults: FaultRegistry | None) -> set[str]:
     """The VM account's permissions, minus those a deny:PERMISSION fault withholds from this VM."""
     withheld = faults.denied(f"{claims['vm']} {claims.get('email', '')}") if faults is not None else set()
-    return set(VM_PERMISSIONS) - withheld
+    granted = VM_ACCOUNT_PERMISSIONS if str(claims.get("email", "")).startswith(VM_ACCOUNT_PREFIX) else VM_PERMISSIONS
+    return set(granted) - withheld
 
 
 def refusal(api: str, method: str, path: str, authorization: str | None,

@@ -146,7 +146,7 @@ def run_staged(cfg: Config, batch_path: str | Path | None, *, wait: bool = False
             on_log(f"run {run_id}: rerunning {len(models)} model(s) without a result: "
                    f"{', '.join(m.name for m in models)}")
         runs = launch(cfg, run_id, shards, total=total, spot=spot, image=image, machine_type=machine_type,
-                      boot_timeout=boot_timeout, on_log=on_log, specs=specs)
+                      boot_timeout=boot_timeout, on_log=on_log, specs=specs, on_demand_fallback=on_demand_fallback)
         launched = True
     finally:
         if not launched and batch is not None:
@@ -164,6 +164,7 @@ def run_staged(cfg: Config, batch_path: str | Path | None, *, wait: bool = False
     if followed.complete and not rerun_models(cfg, run_id):
         stage.unstage(cfg, run_id)  # every result is on the PC: the inputs are too, drop the bucket copy
     rows = summarize(run_id, all_models, followed, results_dir)
+    _notify_pulled(cfg, run_id, rows, results_dir, on_log)
     wall = time.time() - t0
     opensees = sum(r["seconds"] or 0.0 for r in rows)
     out.vms = [v.name for v in followed.vms]
@@ -187,6 +188,17 @@ def plan_launch(cfg: Config, models: Sequence[StagedModel], vms: int, *, spot: b
                                        upload_timeout_min=cfg.upload_timeout_min, spot=spot)
     chosen = replace(costplan.machine(cfg, machine_type or cfg.machine_type, spot=spot), cores=cores)
     return costplan.plan(models, vms, chosen, upload_timeout_min=cfg.upload_timeout_min, spot=spot)
+
+
+def _notify_pulled(cfg: Config, run_id: str, rows: list[dict[str, Any]], folder: Path, on_log: Log) -> None:
+    """notify_on "pulled": the results the follower brought to this PC, verified (never fails the run)."""
+    from types import SimpleNamespace
+
+    from lib import notify
+
+    done = [SimpleNamespace(id=f"{run_id}/{r['model']}", status="cleaned", model_state=r["state"])
+            for r in rows if r["folder"]]
+    notify.pulled(cfg, done, folder, on_log=on_log)
 
 
 def _unstage_quietly(cfg: Config, run_id: str, on_log: Log) -> None:

@@ -179,6 +179,7 @@ def _deletion(cfg: Config, vm: VmRun) -> tuple[float | None, str]:
         return None, "unknown"
     from google.cloud import compute_v1 as c
 
+    cfg = cfg.replace(zone=vm.zone) if vm.zone else cfg
     request = c.ListZoneOperationsRequest(project=cfg.project, zone=cfg.zone, filter=f'targetId = "{vm.id}"')
     try:
         ops = retry.listing(clients.zone_operations(cfg).list, request=request)
@@ -233,7 +234,7 @@ class Follower:
             if vm.state not in VM_DONE + ("preempted",) and time.monotonic() - self._checked.get(vm.name, 0.0) < 2.0:
                 continue
             self._checked[vm.name] = time.monotonic()
-            if compute.get_vm(cfg, vm.name) is not None:
+            if compute.get_vm(self._at(vm.name), vm.name) is not None:
                 obs.present.add(vm.name)
                 continue
             when, how = _deletion(cfg, vm)
@@ -269,7 +270,7 @@ class Follower:
             else:
                 log(f"{name}: reported {vm.state} but is still there {obs.now - f.done_seen.get(name, obs.now):.0f} "
                     "s later (its self-delete was refused?): deleting it")
-            compute.delete_vm(self.cfg, name, on_log=log, state=self.state)
+            compute.delete_vm(self._at(name), name, on_log=log, state=self.state)
             f.deleted.append(name)
         for name in acts.gone:
             vm = self._vm(name)
@@ -288,7 +289,8 @@ class Follower:
             log(f"relaunching {', '.join(r.models)} on {'spot' if r.spot else 'on-demand'} VM {name}")
             new = launch(self.cfg, f.run_id, [[self.models[m] for m in r.models]], total=len(f.expected),
                          spot=r.spot, image=self.image, machine_type=r.machine_type, names=[name], on_log=log,
-                         state=self.state, cores=self._vm(r.after).cores or None)[0]
+                         state=self.state, on_demand_fallback=self.policy.on_demand_fallback,
+                         cores=self._vm(r.after).cores or None)[0]
             new.attempt = r.attempt
             f.vms.append(new)
             f.relaunches += 1
@@ -322,16 +324,21 @@ class Follower:
         wanted = stranded(vm.status)
         self.on_log(f"{name}: reports stranded result(s) {', '.join(wanted)}: copying them to the bucket over ssh")
         try:
-            rescued = controls.rescue_stranded(self.cfg, name, on_log=self.on_log)
+            rescued = controls.rescue_stranded(self._at(name), name, on_log=self.on_log)
         except Exception as exc:  # ssh may be closed: the VM keeps retrying its uploads itself
             self.on_log(f"{name}: rescue failed ({exc}); the VM keeps retrying its uploads until its max run end")
             f.rescued[name] = []
             return
         f.rescued[name] = rescued
         if {f"{f.run_id}/{m}.zip" for m in wanted} <= set(rescued):
-            compute.delete_vm(self.cfg, name, on_log=self.on_log, state=self.state)
+            compute.delete_vm(self._at(name), name, on_log=self.on_log, state=self.state)
             f.deleted.append(name)
             f.done_seen.setdefault(name, obs.now)
+
+    def _at(self, name: str) -> Config:
+        """The config addressing VM `name` in the zone it was created in (a failover may have moved it)."""
+        zone = next((v.zone for v in self.followed.vms if v.name == name and v.zone), "")
+        return self.cfg.replace(zone=zone) if zone else compute.placed(self.cfg, name)
 
     def _vm(self, name: str) -> VmRun:
         return next(v for v in self.followed.vms if v.name == name)

@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lib import clients, compute, packing, paths, retry, storage, vmplan
+from lib import clients, compute, notify, packing, paths, retry, storage, vmplan
 from lib.config import Config
 from lib.errors import OpsError
 from lib.log import Log, quiet
 from lib.naming import vm_name
+from lib.runs import record_vm
 from lib.runstatus import parse_status
 from lib.stage import StagedModel
 from lib.units import duration
@@ -50,6 +51,7 @@ class VmRun:
     how: str = ""  # delete (itself or someone) | compute.instances.preempted | ...maxRunDurationExceeded | unknown
     hourly: float | None = None
     cores: int = 0  # the usable cores it packs models into (a relaunch keeps them)
+    zone: str = ""  # where it was created (a zone failover may move it out of the configured zone)
 
     @property
     def state(self) -> str:
@@ -66,6 +68,7 @@ def _metadata(cfg: Config, run_id: str, models: Sequence[str], total: int, max_r
         meta["ops-hpc-models"] = ",".join(models)
     if cfg.local and cfg.time_scale != 1.0:
         meta["ops-hpc-time-scale"] = f"{cfg.time_scale:g}"
+    meta.update(notify.vm_metadata(cfg))  # webhook URLs only: the VM tells them when its run ends
     return meta
 
 
@@ -117,10 +120,13 @@ def plan_vms(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], 
         timeouts = [m.timeout_min for m in shard]
         max_run_s = packing.max_run_seconds(shard, capacity[0], cfg.upload_timeout_min, mem_total_mb=capacity[1])
         end = now + max_run_s / (cfg.time_scale if cfg.local else 1.0)
+        meta = _metadata(cfg, run_id, [m.name for m in shard], total, end, capacity)
+        if "ops-hpc-notify" in meta:  # the VM's cost in its end message (list price)
+            price = _price(cfg, machine_type or cfg.machine_type, spot)
+            meta.update({"ops-hpc-hourly": f"{price:.6f}"} if price is not None else {})
         specs.append(compute.plan_vm(cfg, name=name, kind="analysis", run_id=run_id, image=image, spot=spot,
                                      machine_type=machine_type, job_timeouts_min=timeouts, startup_script=script, reports_status=True,
-                                     metadata=_metadata(cfg, run_id, [m.name for m in shard], total, end, capacity),
-                                     now=now, max_run_s=max_run_s))
+                                     metadata=meta, now=now, max_run_s=max_run_s))
     if len(specs) > 1:
         check_quota(specs, lambda mt, cpus, sp: compute.cpu_quota(cfg, mt, cpus, sp))
     return specs
@@ -130,8 +136,11 @@ def launch(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], *,
            spot: bool = False, image: str | None = None, machine_type: str | None = None,
            names: Sequence[str] | None = None, boot_timeout: float | None = None, on_log: Log = quiet,
            state: SessionState | None = None, specs: Sequence[compute.VmSpec] | None = None,
-           cores: int | None = None) -> list[VmRun]:
+           on_demand_fallback: bool = False, cores: int | None = None) -> list[VmRun]:
     """Create one VM per shard, each guarded until it reports its first status; then they run on their own.
+
+    Each VM goes to the first zone with capacity (compute.create_vm); a zone that ran out for one VM is
+    tried last for the next ones; spot VMs fall back to on-demand only when `on_demand_fallback`.
 
     Every VM is planned (machine type, image, quota) before any is created (or `specs` from plan_vms
     are used). If one fails to come up, every VM of this launch is deleted (the guards) and OpsError
@@ -149,12 +158,20 @@ def launch(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], *,
                   hourly=_hourly(cfg, s), cores=int(s.metadata.get("ops-hpc-cores") or 0))
             for s, shard in zip(specs, shards, strict=True)]
     timeout = boot_timeout or (BOOT_TIMEOUT_LOCAL_S if cfg.local else BOOT_TIMEOUT_GCE_S)
+    exhausted: set[tuple[str, bool]] = set()
+    for spec in specs:
+        for note in spec.notes:
+            on_log(note)
     with contextlib.ExitStack() as stack:
         guards = []
         for spec, run in zip(specs, runs, strict=True):
             guards.append(stack.enter_context(VMGuard(cfg, spec.name, on_log=on_log, state=state)))
-            vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
-            run.id, run.created = vm.id, time.time()
+            vm = compute.create_vm(cfg, spec, on_log=on_log, state=state, on_demand_fallback=on_demand_fallback,
+                                   exhausted=exhausted)
+            run.id, run.created, run.zone, run.spot = vm.id, time.time(), vm.zone, vm.spot
+            record_vm(cfg, run_id, spec.name, on_log=on_log, kind="run-staged", machine_type=spec.machine_type,
+                      zone=vm.zone, spot=vm.spot, launched=round(run.created, 3), models=run.models,
+                      hourly=run.hourly)
             on_log(f"{spec.name}: {len(run.models)} model(s) ({', '.join(run.models)}); "
                    f"deleted by Google after {duration(spec.max_run_s)} at the latest")
         _confirm_up(cfg, run_id, runs, timeout, on_log)
@@ -164,10 +181,14 @@ def launch(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], *,
 
 
 def _hourly(cfg: Config, spec: compute.VmSpec) -> float | None:
+    return _price(cfg, spec.machine_type, spec.spot, spec.disk_size_gb)
+
+
+def _price(cfg: Config, machine_type: str, spot: bool, disk_gb: float | None = None) -> float | None:
     try:
         from lib import pricing
 
-        return pricing.vm_hourly(cfg, spec.machine_type, spot=spec.spot, disk_gb=spec.disk_size_gb)
+        return pricing.vm_hourly(cfg, machine_type, spot=spot, disk_gb=cfg.disk_size_gb if disk_gb is None else disk_gb)
     except Exception:  # a missing price must not stop a run
         return None
 
@@ -213,9 +234,9 @@ def _confirm_up(cfg: Config, run_id: str, runs: list[VmRun], timeout: float, on_
         if time.monotonic() - checked > check_every:
             checked = time.monotonic()
             for name in list(pending):
-                if compute.get_vm(cfg, name) is None:
+                if compute.get_vm(compute.placed(cfg, name), name) is None:
                     raise OpsError(f"VM {name} disappeared before it reported (preempted or deleted)")
-                line = startup_exit(cfg, name)
+                line = startup_exit(compute.placed(cfg, name), name)
                 if line is not None:
                     raise OpsError(f"VM {name}: the startup script ended before the first status ({line}); "
                                    "deleting the run's VMs (its serial console says why)")

@@ -42,10 +42,10 @@ def wait_gone(cfg: Config, name: str, timeout: float = 20.0) -> bool:
 
 def reap(cfg: Config, prefix: str) -> list[str]:
     """Delete every VM whose name starts with `prefix` (test cleanup); returns the names that were still there."""
-    left = [vm.name for vm in compute.list_vms(cfg, ours_only=False) if vm.name.startswith(prefix)]
-    for name in left:
-        compute.delete_vm(cfg, name, force=True, on_log=lambda _: None)
-    return left
+    left = [vm for vm in compute.list_vms_in_zones(cfg, ours_only=False) if vm.name.startswith(prefix)]
+    for vm in left:
+        compute.delete_vm(cfg.replace(zone=vm.zone), vm.name, force=True, on_log=lambda _: None)
+    return [vm.name for vm in left]
 
 
 class VmEnv:
@@ -83,7 +83,7 @@ class VmEnv:
 
     def alive(self) -> list[str]:
         """Names of this test's VMs that exist and are not TERMINATED/STOPPED."""
-        return [v.name for v in compute.list_vms(self.cfg, ours_only=False)
+        return [v.name for v in compute.list_vms_in_zones(self.cfg, ours_only=False)
                 if v.name.startswith(self.prefix) and v.status not in compute.STOPPED_STATES]
 
 
