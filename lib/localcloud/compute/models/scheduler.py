@@ -16,12 +16,17 @@ from lib.localcloud.compute.exceptions import (
 from lib.localcloud.compute.models.base import ModelBase
 from lib.localcloud.compute.models.util import ACTIVE, REAP_S, STOP_GRACE, now_rfc3339, parse_rfc3339
 
+PREEMPT_GRACE_MIN_S = 5.0
+
 
 class SchedulerMixin(ModelBase):
     """What GCE does on its own: maxRunDuration, Spot preemption, reaping stray processes."""
 
     def preempt(self, project: str, zone: str, name: str) -> dict[str, Any]:
-        """Spot preemption: preempted=TRUE, SIGTERM (30 s scaled grace), then the termination action."""
+        """Spot preemption: preempted=TRUE, SIGTERM (30 s scaled grace), then the termination action.
+
+        The grace is scaled like every other duration but never below PREEMPT_GRACE_MIN_S: the guest's shutdown
+        work (a status file, a log upload) takes real seconds whatever the scale, and GCE gives it 30."""
         with self.lock:
             key, inst = self._instance(project, zone, name)
             sched = inst["scheduling"]
@@ -32,7 +37,7 @@ class SchedulerMixin(ModelBase):
                                        "running")
             self.local[key]["preempted"] = True
         return self._system_terminate(key, "compute.instances.preempted", sched.get("instanceTerminationAction", "STOP"),
-                                      grace=max(1.0, 30.0 / self.time_scale))
+                                      grace=max(PREEMPT_GRACE_MIN_S, 30.0 / self.time_scale))
 
     def _system_terminate(self, key: str, op_type: str, action: str, grace: float = STOP_GRACE) -> dict[str, Any]:
         project, zone, _ = key.split("/")
