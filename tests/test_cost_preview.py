@@ -8,15 +8,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
-from lib import build, compute, runstaged, storage
+from lib import compute, runstaged, storage
 from lib.errors import Refused
 from lib.state import SessionState
-from tests.support.vms import SMALL, vm_config
+from tests.support.vms import SMALL, run_config, run_image
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_TCL = """file mkdir output
@@ -28,13 +27,12 @@ close $f
 
 @pytest.fixture(scope="module")
 def image(localcloud, tmp_path_factory):
-    return build.ensure_image(vm_config(localcloud, tmp_path_factory.mktemp("image-state")))
+    return run_image(localcloud, tmp_path_factory.mktemp("image-state"))
 
 
 @pytest.fixture
 def cfg(localcloud, tmp_path):
-    c = vm_config(localcloud, tmp_path / "state", bucket=f"t-{uuid.uuid4().hex[:10]}", time_scale=30)
-    storage.ensure_bucket(c)
+    c = run_config(localcloud, tmp_path / "state")
     return c
 
 

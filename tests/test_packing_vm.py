@@ -6,14 +6,13 @@ Model timeouts run 30x faster through the config's time_scale. Every test ends w
 from __future__ import annotations
 
 import threading
-import uuid
 from pathlib import Path
 
 import pytest
 
-from lib import build, compute, manifest, runstaged, runstatus, stage, storage
+from lib import compute, manifest, runstaged, runstatus, stage, storage
 from lib.errors import Refused, UsageError
-from tests.support.vms import SMALL, vm_config
+from tests.support.vms import SMALL, run_config, run_image
 
 WAIT_TCL = "file mkdir output\nafter {ms}\nset f [open output/done.out w]\nputs $f ok\nclose $f\n"
 FLAKY_TCL = """# fails on its first attempt only: the marker lives next to the model folder, which each attempt recreates
@@ -25,13 +24,12 @@ close [open output/done.out w]
 
 @pytest.fixture(scope="module")
 def image(localcloud, tmp_path_factory):
-    return build.ensure_image(vm_config(localcloud, tmp_path_factory.mktemp("image-state")))
+    return run_image(localcloud, tmp_path_factory.mktemp("image-state"))
 
 
 @pytest.fixture
 def cfg(localcloud, tmp_path):
-    c = vm_config(localcloud, tmp_path / "state", bucket=f"t-{uuid.uuid4().hex[:10]}", time_scale=30)
-    storage.ensure_bucket(c)
+    c = run_config(localcloud, tmp_path / "state")
     yield c
     left = [v.name for v in compute.list_vms(c) if v.run_id.startswith("run-")
             and storage.get_blob(c, f"_status/{v.run_id}/{v.name}.txt") is not None]

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from lib import build, compute, manifest, naming, results, runlog, runstaged, runstatus, stage, storage
+from lib import compute, manifest, naming, results, runlog, runstaged, runstatus, stage, storage
 from lib.demo import demo
 from lib.errors import OpsError
 from tests.support.bins import run_bin
-from tests.support.vms import SMALL, vm_config
+from tests.support.vms import SMALL, run_config, run_image
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "batches" / "examples"
@@ -41,14 +41,12 @@ close $f
 
 @pytest.fixture(scope="module")
 def image(localcloud, tmp_path_factory):
-    cfg = vm_config(localcloud, tmp_path_factory.mktemp("image-state"))
-    return build.ensure_image(cfg)
+    return run_image(localcloud, tmp_path_factory.mktemp("image-state"))
 
 
 @pytest.fixture
 def cfg(localcloud, tmp_path):
-    c = vm_config(localcloud, tmp_path / "state", bucket=f"t-{uuid.uuid4().hex[:10]}", time_scale=30)
-    storage.ensure_bucket(c)
+    c = run_config(localcloud, tmp_path / "state")
     yield c
     left = [v.name for v in compute.list_vms(c) if v.run_id.startswith("run-") and
             any(v.name == n for n in _names_of(c))]

@@ -13,14 +13,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from lib import build, compute, runlog, runstaged, storage
+from lib import compute, runlog, runstaged, storage
 from lib.errors import Refused
-from tests.support.vms import vm_config
+from tests.support.vms import run_config, run_image
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "run-20261206-101500-f00d"
@@ -112,13 +111,12 @@ puts "done writing"
 
 @pytest.fixture(scope="module")
 def image(localcloud, tmp_path_factory):
-    return build.ensure_image(vm_config(localcloud, tmp_path_factory.mktemp("image-state")))
+    return run_image(localcloud, tmp_path_factory.mktemp("image-state"))
 
 
 @pytest.fixture
 def cfg(localcloud, tmp_path):
-    c = vm_config(localcloud, tmp_path / "state", bucket=f"t-{uuid.uuid4().hex[:10]}", time_scale=30)
-    storage.ensure_bucket(c)
+    c = run_config(localcloud, tmp_path / "state")
     yield c
     for vm in compute.list_vms(c):
         if vm.name.startswith("ops-hpc-") and storage.list_blobs(c, f"_status/{vm.run_id}/"):

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 
 import pytest
 
-from lib import build, compute, manifest, report, runstaged, stage, storage
+from lib import compute, manifest, report, runstaged, stage, storage
 from lib.batches import parse_batch
 from lib.errors import UsageError
-from tests.support.vms import vm_config
+from tests.support.vms import run_config, run_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,13 +56,12 @@ with open("output/probe.json", "w") as fh:
 
 @pytest.fixture(scope="module")
 def image(localcloud, tmp_path_factory):
-    return build.ensure_image(vm_config(localcloud, tmp_path_factory.mktemp("image-state")))
+    return run_image(localcloud, tmp_path_factory.mktemp("image-state"))
 
 
 @pytest.fixture
 def cfg(localcloud, tmp_path):
-    c = vm_config(localcloud, tmp_path / "state", bucket=f"t-{uuid.uuid4().hex[:10]}", time_scale=30)
-    storage.ensure_bucket(c)
+    c = run_config(localcloud, tmp_path / "state")
     return c
 
 
