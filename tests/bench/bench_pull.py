@@ -46,6 +46,7 @@ MBIT = float(os.environ.get("BENCH_MBIT", "100"))
 SHAPED_RUNS = int(os.environ.get("BENCH_SHAPED_RUNS", "1"))
 TREE = "Bench_20261121-101500"
 RUN = "run-20261121-101500-bench"
+pytestmark = pytest.mark.timeout(7200)  # a benchmark, not a test: on a shaped line it takes many minutes
 
 
 def _small_files() -> dict[str, bytes]:
