@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -111,7 +110,7 @@ def gather(cfg: Config, *, results_dir: Path | None = None, since: float | None 
                 except (ValueError, TypeError):  # not a JSON object: that record says nothing
                     continue
     unsure = [runs[r] for r in order if needs_vm_list(runs[r])]  # the others' VMs all said they finished
-    alive = _alive(cfg, unsure) if unsure else None
+    alive = _alive(cfg) if unsure else None
     for run_id in order:
         f = runs[run_id]
         f.alive = None if alive is None or f not in unsure else alive.get(run_id, {})
@@ -172,17 +171,16 @@ def _manifest_states(folder: Path, f: RunFacts) -> None:
             f.pulled_states[model] = state
 
 
-def _alive(cfg: Config, runs: Iterable[RunFacts]) -> dict[str, dict[str, str]] | None:
-    """run id -> {VM: GCE status} of the VMs that exist, in the configured zone and every zone a record names."""
+def _alive(cfg: Config) -> dict[str, dict[str, str]] | None:
+    """run id -> {VM: GCE status} of the VMs that exist, in every zone (one aggregated list: a failover or
+    another PC's zone may have put them anywhere)."""
     from lib import compute
 
-    zones = {cfg.zone} | {r.get("zone") for f in runs for r in f.records.values() if r.get("zone")}
     out: dict[str, dict[str, str]] = {}
     try:
-        for zone in sorted(z for z in zones if z):
-            for vm in compute.list_vms(cfg.replace(zone=zone)):
-                if vm.run_id and vm.status not in ("TERMINATED", "STOPPED"):
-                    out.setdefault(vm.run_id, {})[vm.name] = vm.status
+        for vm in compute.list_vms_in_zones(cfg):
+            if vm.run_id and vm.status not in ("TERMINATED", "STOPPED"):
+                out.setdefault(vm.run_id, {})[vm.name] = vm.status
     except Exception:  # no Compute access (a PC with only storage rights): VMs' liveness is unknown
         return None
     return out
