@@ -11,6 +11,9 @@ conventions below the file: CLOUDSDK_CORE_PROJECT / GOOGLE_CLOUD_PROJECT (CLOUDS
 then the active gcloud configuration's properties file (read, no gcloud process; CLOUDSDK_CONFIG
 honoured), then the project of the Application Default Credentials. `effective()` lists every
 value with its source (`ops-hpc config`).
+
+(Over 400 lines on purpose: the settings are one frozen dataclass whose fields carry their validators and
+docs, and the lookup order above is one function chain; split, a new setting would touch several files.)
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ The rules live in `plan`, which touches nothing, so they are table-tested withou
 - a VM that reports stranded results (their upload failed) has them rescued first, then is deleted;
 - a result set the pull refused is retried only when its generation changes or after a backoff, and it
   is logged once per generation; when no VM is left, such a model is lost (its result stays in the bucket).
+
+(Over 400 lines on purpose: poll, plan and apply share the Observation/Actions records and read best
+side by side; plan is the pure part and is tested alone.)
 """
 
 from __future__ import annotations
