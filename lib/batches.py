@@ -25,7 +25,6 @@ import dataclasses
 import os
 import re
 import shlex
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 from typing import TypeVar
@@ -255,22 +254,3 @@ def _link_inside(link: Path, folder: Path) -> bool:
     except (RuntimeError, OSError):
         return False
     return target.is_file() and folder.resolve() in target.parents
-
-
-def shard_by_timeout(items: Sequence[T], count: int, key: Callable[[T], float] | None = None) -> list[list[T]]:
-    """Split `items` into at most `count` shards balanced by timeout (LPT: longest first onto the least loaded).
-
-    Balancing on the timeouts bounds each VM's max run duration, which is what a VM costs in the worst case.
-    Each shard keeps the batch order; empty shards are dropped (more VMs than models gives one model each).
-    """
-    if count < 1:
-        raise UsageError("the number of VMs must be at least 1")
-    weight = key or (lambda item: getattr(item, "timeout_min", None) if not isinstance(item, dict) else item["timeout_min"])
-    order = sorted(range(len(items)), key=lambda i: (-float(weight(items[i])), i))
-    loads = [0.0] * min(count, len(items))
-    bins: list[list[int]] = [[] for _ in loads]
-    for i in order:
-        target = min(range(len(loads)), key=lambda b: (loads[b], b))
-        bins[target].append(i)
-        loads[target] += float(weight(items[i]))
-    return [[items[i] for i in sorted(b)] for b in bins if b]

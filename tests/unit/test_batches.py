@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lib.batches import BatchError, parse_batch, shard_by_timeout
+from lib.batches import BatchError, parse_batch
 
 
 def _model(folder, main="main.tcl"):
@@ -56,18 +56,6 @@ def test_every_bad_line_is_reported_with_file_and_line(tmp_path):
                   "cores='0'", "unknown option"):
         assert words in joined
     assert all(p.startswith(f"{batch}:") for p in problems)
-
-
-def test_shard_by_timeout_is_balanced_and_keeps_order():
-    items = [{"name": n, "timeout_min": t} for n, t in zip("abcdefg", [8, 1, 3, 3, 2, 5, 4], strict=True)]
-    shards = shard_by_timeout(items, 3)
-    loads = sorted(sum(i["timeout_min"] for i in s) for s in shards)
-    assert loads == [8, 9, 9]  # LPT: 26 minutes over 3 VMs, no VM above 9
-    assert sorted(i["name"] for s in shards for i in s) == list("abcdefg")
-    for s in shards:  # batch order inside each shard
-        assert [i["name"] for i in s] == sorted(i["name"] for i in s)
-    assert len(shard_by_timeout(items[:2], 5)) == 2  # never an empty shard
-    assert shard_by_timeout(items, 1) == [items]
 
 
 def test_symlink_loop_in_the_batch_folder_is_one_problem_line_not_a_traceback(tmp_path):
