@@ -27,7 +27,6 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
-from typing import TypeVar
 
 from lib import parametric
 from lib.errors import UsageError
@@ -36,7 +35,6 @@ DEFAULTS = {"main": "main.tcl", "cores": "1", "timeout": "60"}
 KEYS = ("main", "cores", "timeout", "name", *parametric.KEYS, "mem", "retries")
 CORES_HEADER_RX = re.compile(r"#\s*cores\s+(\S+)\s*")
 NAME_RX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-T = TypeVar("T")
 
 
 class BatchError(UsageError):
