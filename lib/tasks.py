@@ -135,11 +135,13 @@ def localcloud_status(c):
 
 @ops_task(help={"dir": "results folder (default ./results)", "yes": "do not ask first", "json": "machine-readable",
                 "list": "only list the result sets in the bucket", "watch": "keep polling until Ctrl+C",
-                "interval": "seconds between polls with --watch (default 60)", "set": "pull only this set id"})
-def pull(c, dir="", yes=False, json=False, list=False, watch=False, interval=60, set=None):
+                "interval": "seconds between polls with --watch (default 60)", "set": "pull only this set id",
+                "no_report": "do not rebuild the runs' HTML reports"})
+def pull(c, dir="", yes=False, json=False, list=False, watch=False, interval=60, set=None, no_report=False):
     """Download, verify, extract and clean every result set in the bucket (asks first unless --yes)."""
     script("pull", *_opt(dir, "--dir"), *_flag(yes, "--yes"), *_flag(json, "--json"), *_flag(list, "--list"),
-           *_flag(watch, "--watch"), *(["--interval", str(interval)] if watch else []), *_opt(set, "--set"))
+           *_flag(watch, "--watch"), *(["--interval", str(interval)] if watch else []), *_opt(set, "--set"),
+           *_flag(no_report, "--no-report"))
 
 
 @ops_task(help={"dir": "results folder (default ./results)", "interval": "seconds between polls (default 60)"})

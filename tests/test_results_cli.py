@@ -16,6 +16,7 @@ from tests.support.bins import REPO, run_bin
 from tests.support.results import (
     assert_same_files,
     make_zip,
+    manifest_for,
     names,
     put,
     put_tree,
@@ -76,6 +77,19 @@ def test_yes_pulls_and_json_reports_each_set(localcloud, bucket, tmp_path):
     assert names(bucket) == []
     again = run_bin("pull", "--yes", "--dir", str(tmp_path / "r"), env=_env(localcloud, bucket))
     assert again.returncode == 0 and "nothing to pull" in again.stdout  # an empty bucket is not a failure for cron
+
+
+def test_no_report_leaves_the_runs_html_report_to_bin_report(localcloud, bucket, tmp_path):
+    files, env, results = recorder_files(3), _env(localcloud, bucket), tmp_path / "r"
+    put(bucket, "run-1/frame.zip", make_zip(files))
+    out = run_bin("pull", "--yes", "--no-report", "--settle", "0", "--dir", str(results), env=env)
+    assert out.returncode == 0, out.stderr
+    assert_same_files(results / "run-1" / "frame", files)
+    assert not (results / "run-1" / "index.html").exists()
+    put(bucket, "run-1/wall.zip", make_zip(files, manifest=manifest_for(files, model="wall")))
+    out = run_bin("pull", "--yes", "--settle", "0", "--dir", str(results), env=env)
+    assert out.returncode == 0, out.stderr
+    assert (results / "run-1" / "index.html").is_file()  # the default: every run pulled gets its report
 
 
 def test_plain_percentage_lines_when_not_a_terminal(localcloud, bucket, tmp_path):

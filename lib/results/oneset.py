@@ -206,7 +206,7 @@ def _tree_set(folder: Path, s: ResultSet, staging: Path, transfers: Transfers, c
     small = [(o, staging / f"{i}.part") for i, o in enumerate(s.objects) if o.size < xfer.LARGE_OBJECT]
     large = [(o, staging / f"{i}.part") for i, o in enumerate(s.objects) if o.size >= xfer.LARGE_OBJECT]
     with reserve(folder, s.size):
-        futures = [transfers.pool.submit(ensure, o, p) for o, p in small]
+        futures = [transfers.pool_for(o).submit(ensure, o, p) for o, p in small]
         for o, p in large:  # slices go to the pool from here, so pool threads never wait on the pool
             ensure(o, p)
         errors = [exc for exc in (f.exception() for f in futures) if exc is not None]  # all done: none writing

@@ -6,7 +6,8 @@ The set: ~2,000 small recorder-like text files (1-20 KB) plus 3 files of 200 MB 
 (incompressible, the worst case for zip), laid out once as a legacy tree and once as 4 model zips
 (deflate level 1; each big file in its own zip with ~500 small files, plus one zip of small files only).
 gcloud only copies the objects (zips stay zipped); bin/pull also verifies every CRC32C, extracts and
-checks every zip member's CRC, checks the manifests and deletes the objects from the bucket.
+checks every zip member's CRC, checks the manifests and deletes the objects from the bucket. It runs with
+--no-report: the run's HTML report (plots of up to 24 recorders per model) is not part of the race.
 Sizes can be changed with BENCH_SMALL / BENCH_BIG_MB / BENCH_BIG_COUNT, repetitions with BENCH_RUNS
 (default 3; the table shows medians and the ratio of medians, with each tool's min-max).
 
@@ -106,7 +107,7 @@ def _race(cloud, cfg, tmp: Path, prefix: str, label: str, build) -> dict:
     assert (g_files, g_bytes) == (objects, size), "gcloud did not copy everything"
     shutil.rmtree(g_dir)
     env = cloud.env(bucket=cfg.bucket_name)
-    p_secs, p = _timed([sys.executable, str(REPO / "bin" / "pull"), "--yes", "--json", "--no-progress",
+    p_secs, p = _timed([sys.executable, str(REPO / "bin" / "pull"), "--yes", "--json", "--no-progress", "--no-report",
                         "--settle", "0", "--dir", str(p_dir)], env)
     assert p.returncode == 0, p.stderr[-2000:]
     report = json.loads(p.stdout)
