@@ -47,7 +47,7 @@ lint: venv  ## ruff check, and mypy on lib/ (settings in pyproject.toml)
 	$(BIN)/ruff check . && $(BIN)/mypy
 
 test: lint  ## lint, then the whole test suite on the local cloud
-	$(PYTHON) -m pytest -q -n 6 --dist worksteal   # six workers, each with its own local cloud: most tests wait on VMs
+	$(PYTHON) -m pytest -q -n 6 --dist load --maxschedchunk 1   # six workers, each with its own local cloud; long tests first (tests/conftest.py)
 
 demo: venv  ## the whole run-staged pipeline on the local cloud with real OpenSees
 	$(INVOKE) demo

@@ -112,3 +112,27 @@ def no_retry_sleep(monkeypatch) -> list[float]:
 @pytest.fixture
 def bucket(localcloud) -> Config:
     return localcloud.new_bucket()
+
+
+# The longest tests (15-100 s, mostly waiting on local VMs), started first: with `--dist load --maxschedchunk 1`
+# each worker takes the next test when it is free, so long ones first is longest-processing-time-first
+# scheduling and the suite does not end waiting on a long test picked up last.
+LONG_FIRST = (
+    "test_run_staged.py::test_a_result_stranded_by_a_503_storm",
+    "test_emulator_gcloud.py::test_gcloud_against_the_local_cloud",
+    "test_packing_vm.py::test_a_packed_vm_runs_models_side_by_side",
+    "test_packing_vm.py::test_a_preempted_packed_vm",
+    "test_runs.py::test_two_runs_two_pcs_one_bucket",
+    "test_runjobs.py::test_sigint_while_a_push_uploads",
+    "test_sweeps.py::test_the_example_sweep_runs",
+    "test_notify.py::test_the_vm_posts_a_failure",
+    "test_run_staged.py::test_fan_out_across_three_vms",
+    "test_guard.py::test_sigkill_during_the_insert",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        return next((i for i, key in enumerate(LONG_FIRST) if key in item.nodeid), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: everything else keeps its order
