@@ -114,6 +114,16 @@ def bucket(localcloud) -> Config:
     return localcloud.new_bucket()
 
 
+@pytest.fixture(scope="module")
+def image(localcloud, tmp_path_factory) -> str:
+    """The opensees-hpc image VM tests launch from: the real build pipeline, once per local cloud (checked
+    again per module, so a test that deletes images cannot leave a later module without one)."""
+    from lib import build
+    from tests.support.vms import vm_config
+
+    return build.ensure_image(vm_config(localcloud, tmp_path_factory.mktemp("image-state")))
+
+
 # The longest tests (15-100 s, mostly waiting on local VMs), started first: with `--dist load --maxschedchunk 1`
 # each worker takes the next test when it is free, so long ones first is longest-processing-time-first
 # scheduling and the suite does not end waiting on a long test picked up last.

@@ -15,7 +15,7 @@ import pytest
 from lib import compute, runstaged, storage
 from lib.errors import Refused
 from lib.state import SessionState
-from tests.support.vms import SMALL, run_config, run_image
+from tests.support.vms import SMALL, run_config
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_TCL = """file mkdir output
@@ -25,15 +25,9 @@ close $f
 """
 
 
-@pytest.fixture(scope="module")
-def image(localcloud, tmp_path_factory):
-    return run_image(localcloud, tmp_path_factory.mktemp("image-state"))
-
-
 @pytest.fixture
 def cfg(localcloud, tmp_path):
-    c = run_config(localcloud, tmp_path / "state")
-    return c
+    return run_config(localcloud, tmp_path / "state")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import build, compute, paths, runstaged, storage
+from lib import compute, paths, runstaged, storage
 from tests.support.vms import vm_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,11 +61,6 @@ def test_a_crlf_startup_script_in_metadata_becomes_lf(localcloud, image, tmp_pat
     spec = compute.plan_vm(cfg, name="crlf-check", kind="analysis", run_id="r1", job_timeouts_min=[5],
                            image=image, startup_script="#!/bin/bash\r\nset -euo pipefail\r\necho ok\r\n")
     assert spec.metadata["startup-script"] == "#!/bin/bash\nset -euo pipefail\necho ok\n"
-
-
-@pytest.fixture(scope="module")
-def image(localcloud, tmp_path_factory):
-    return build.ensure_image(vm_config(localcloud, tmp_path_factory.mktemp("image-state")))
 
 
 def test_a_crlf_checkout_still_runs_a_model_on_a_local_vm(localcloud, image, tmp_path, monkeypatch):

@@ -10,10 +10,9 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 from werkzeug import Response
 
-from lib import build, compute, notify, runstaged, storage
+from lib import compute, notify, runstaged, storage
 from lib.config import Config
 from tests.support.bins import run_bin
 from tests.support.results import make_zip, manifest_for, put
@@ -28,11 +27,6 @@ def _bodies(httpserver, path: str) -> list[dict]:
 
 
 # -- from the VM ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def image(localcloud, tmp_path_factory):
-    return build.ensure_image(vm_config(localcloud, tmp_path_factory.mktemp("image-state")))
 
 
 def test_the_vm_posts_a_failure_and_its_end_with_the_pc_off_and_a_bad_receiver_fails_nothing(

@@ -12,7 +12,7 @@ import pytest
 
 from lib import compute, manifest, runstaged, runstatus, stage, storage
 from lib.errors import Refused, UsageError
-from tests.support.vms import SMALL, run_config, run_image
+from tests.support.vms import SMALL, run_config
 
 WAIT_TCL = "file mkdir output\nafter {ms}\nset f [open output/done.out w]\nputs $f ok\nclose $f\n"
 FLAKY_TCL = """# fails on its first attempt only: the marker lives next to the model folder, which each attempt recreates
@@ -20,11 +20,6 @@ if {![file exists ../flaky.tried]} { close [open ../flaky.tried w]; error "first
 file mkdir output
 close [open output/done.out w]
 """
-
-
-@pytest.fixture(scope="module")
-def image(localcloud, tmp_path_factory):
-    return run_image(localcloud, tmp_path_factory.mktemp("image-state"))
 
 
 @pytest.fixture

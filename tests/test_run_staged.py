@@ -18,7 +18,7 @@ from lib import compute, manifest, naming, results, runlog, runstaged, runstatus
 from lib.demo import demo
 from lib.errors import OpsError
 from tests.support.bins import run_bin
-from tests.support.vms import SMALL, run_config, run_image
+from tests.support.vms import SMALL, run_config
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "batches" / "examples"
@@ -37,11 +37,6 @@ set f [open output/done.out w]
 puts $f "finished"
 close $f
 """
-
-
-@pytest.fixture(scope="module")
-def image(localcloud, tmp_path_factory):
-    return run_image(localcloud, tmp_path_factory.mktemp("image-state"))
 
 
 @pytest.fixture

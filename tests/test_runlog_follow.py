@@ -19,7 +19,7 @@ import pytest
 
 from lib import compute, runlog, runstaged, storage
 from lib.errors import Refused
-from tests.support.vms import run_config, run_image
+from tests.support.vms import run_config
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "run-20261206-101500-f00d"
@@ -107,11 +107,6 @@ CHATTY_TCL = """for {set i 1} {$i <= 16} {incr i} {
 }
 puts "done writing"
 """
-
-
-@pytest.fixture(scope="module")
-def image(localcloud, tmp_path_factory):
-    return run_image(localcloud, tmp_path_factory.mktemp("image-state"))
 
 
 @pytest.fixture

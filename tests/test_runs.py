@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import build, compute, runs, runstaged, stage, storage
+from lib import compute, runs, runstaged, stage, storage
 from tests.support.bins import run_bin
 from tests.support.vms import SMALL, vm_config
 
@@ -27,11 +27,6 @@ puts $f "0.0 1.0"
 close $f
 after 120000
 """
-
-
-@pytest.fixture(scope="module")
-def image(localcloud, tmp_path_factory):
-    return build.ensure_image(vm_config(localcloud, tmp_path_factory.mktemp("image-state")))
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from lib import compute, manifest, report, runstaged, stage, storage
 from lib.batches import parse_batch
 from lib.errors import UsageError
-from tests.support.vms import run_config, run_image
+from tests.support.vms import run_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,15 +54,9 @@ with open("output/probe.json", "w") as fh:
 """
 
 
-@pytest.fixture(scope="module")
-def image(localcloud, tmp_path_factory):
-    return run_image(localcloud, tmp_path_factory.mktemp("image-state"))
-
-
 @pytest.fixture
 def cfg(localcloud, tmp_path):
-    c = run_config(localcloud, tmp_path / "state")
-    return c
+    return run_config(localcloud, tmp_path / "state")
 
 
 def _probes(base: Path) -> None:

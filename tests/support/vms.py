@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from lib import build, clients, compute, storage
+from lib import clients, compute, storage
 from lib.config import Config
 from lib.polling import poll_until
 
@@ -17,11 +17,6 @@ def vm_config(localcloud, state_dir: Path, **overrides) -> Config:
     """A local Config whose endpoints point at the session cloud but whose session state is the test's own."""
     base = clients.resolve(localcloud.config(machine_type=SMALL, build_machine_type=SMALL, **overrides))
     return base.replace(state_dir=str(state_dir))
-
-
-def run_image(localcloud, folder: Path) -> str:
-    """The opensees-hpc image run-staged tests launch from (the real build pipeline, once per local cloud)."""
-    return build.ensure_image(vm_config(localcloud, folder))
 
 
 def run_config(localcloud, state_dir: Path, **overrides) -> Config:
