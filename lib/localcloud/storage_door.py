@@ -27,6 +27,7 @@ import contextlib
 import http.client
 import json
 import secrets
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -91,8 +92,19 @@ class StorageDoor:
         self.server.server_close()
 
 
+class _Upstream(http.client.HTTPConnection):
+    """The door's connection to fake-gcs-server, without Nagle (the same 40 ms, one hop further)."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class _DoorHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in two writes: with Nagle on, the body waited for the client's delayed ACK
+    # (40 ms on Linux), so every request took 44 ms on loopback and a 30 ms line behaved like 74 ms.
+    disable_nagle_algorithm = True
     door: StorageDoor
 
     def log_message(self, format: str, *args: object) -> None:
@@ -107,7 +119,7 @@ class _DoorHandler(BaseHTTPRequestHandler):
     def _upstream(self) -> http.client.HTTPConnection:
         conn = getattr(self, "_conn", None)
         if conn is None:
-            conn = http.client.HTTPConnection(*self.door.upstream, timeout=600)
+            conn = _Upstream(*self.door.upstream, timeout=600)
             self._conn = conn
         return conn
 

@@ -98,6 +98,8 @@ def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
     """CRC32C of A+B from crc(A), crc(B) and len(B)."""
     if len2 <= 0:
         return crc1
+    if crc1 == 0:  # the operator below is linear, so it maps 0 to 0: a whole object costs no squarings
+        return crc2
     odd = [_POLY] + [1 << n for n in range(31)]  # the operator for one zero bit
     even = _gf2_square(odd)  # two zero bits
     odd = _gf2_square(even)  # four zero bits
