@@ -163,6 +163,35 @@ def storage(cfg: Config) -> Any:
     return gcs.Client(project=cfg.project, credentials=credentials(cfg))
 
 
+STORAGE_API = "https://storage.googleapis.com"
+
+
+def storage_http(cfg: Config, size: int) -> Any:
+    """google-auth's urllib3 transport to the storage API, for whole small-object downloads.
+
+    Same credentials and endpoint as `storage(cfg)`, a third of the CPU per request of the requests-based
+    session under google-cloud-storage: a pull of thousands of recorder files is CPU-bound there (on 2 cores,
+    2,000 files took 1.75 s of CPU instead of 0.68 s). What requests does for a PC on its own is kept: the
+    proxy from the environment or Windows' settings, and REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE. urllib3's own
+    retries are off: lib/retry.py is the one policy.
+    """
+    import os
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    import certifi
+    import urllib3
+    from google.auth.transport.urllib3 import AuthorizedHttp
+
+    url = urlsplit(cfg.storage_endpoint or STORAGE_API)
+    options: dict[str, Any] = {"maxsize": size, "retries": False, "timeout": urllib3.Timeout(connect=60, read=60)}
+    if url.scheme == "https":
+        options["ca_certs"] = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+    proxy = None if urllib.request.proxy_bypass(url.hostname or "") else urllib.request.getproxies().get(url.scheme)
+    http = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+    return AuthorizedHttp(credentials(cfg), http=http)
+
+
 @functools.lru_cache(maxsize=8)
 def monitoring(cfg: Config) -> Any:
     """Monitoring has no REST transport: gRPC to Google, or an insecure channel to the local fake."""

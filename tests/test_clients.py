@@ -49,3 +49,100 @@ def test_batch_responses_are_the_per_item_answers(bucket):
 def test_a_missing_private_attribute_fails_loudly():
     with pytest.raises(clients.LibraryChanged, match="_responses.*make venv"):
         clients.batch_responses(object())
+
+
+# ------------------------------------------------- the small-object transport keeps what requests did for a PC
+
+
+def _gcs_cfg(endpoint: str = "https://storage.googleapis.com") -> Config:
+    return Config.load({"backend": "local", "compute_endpoint": "http://127.0.0.1:9", "storage_endpoint": endpoint,
+                        "monitoring_endpoint": "127.0.0.1:9"}, env={}, path="")
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch):
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY",
+                 "all_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_small_object_transport_goes_through_the_environment_proxy(no_proxy_env):
+    import urllib3
+
+    no_proxy_env.setenv("HTTPS_PROXY", "http://proxy.corp.example:3128")
+    no_proxy_env.setenv("REQUESTS_CA_BUNDLE", "/etc/corp/ca.pem")
+    http = clients.storage_http(_gcs_cfg(), 12).http
+    assert isinstance(http, urllib3.ProxyManager)
+    assert (http.proxy.host, http.proxy.port) == ("proxy.corp.example", 3128)
+    assert http.connection_pool_kw["ca_certs"] == "/etc/corp/ca.pem"  # the corporate CA, as requests would use
+    assert http.connection_pool_kw["maxsize"] == 12
+    assert http.connection_pool_kw["retries"].total is False  # lib/retry.py is the one retry policy
+
+
+def test_small_object_transport_honours_no_proxy_and_certifi(no_proxy_env):
+    import certifi
+    import urllib3
+
+    no_proxy_env.setenv("HTTPS_PROXY", "http://proxy.corp.example:3128")
+    no_proxy_env.setenv("NO_PROXY", "storage.googleapis.com")
+    http = clients.storage_http(_gcs_cfg(), 4).http
+    assert not isinstance(http, urllib3.ProxyManager)
+    assert http.connection_pool_kw["ca_certs"] == certifi.where()
+
+
+def test_a_pull_behind_a_forwarding_proxy(bucket, tmp_path, no_proxy_env):
+    """Every storage request of a pull, the small-object GETs included, goes through the user's HTTP proxy."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    from lib import results
+    from tests.support.results import put_tree, recorder_files
+
+    seen: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)  # a forward proxy gets the absolute URL
+            seen.append(f"{self.command} {url.path}")
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            upstream = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+            upstream.request(self.command, url.path + (f"?{url.query}" if url.query else ""), body or None, headers)
+            resp = upstream.getresponse()
+            data = resp.read()
+            self.send_response(resp.status, resp.reason)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            upstream.close()
+
+        do_POST = do_DELETE = do_PUT = do_PATCH = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    files = recorder_files(6, "p")
+    put_tree(bucket, "Proxied_20261121-101500", files)
+    try:
+        no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+        report = results.pull(bucket, tmp_path / "out", settle=0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert report.ok and [o.status for o in report.outcomes] == ["cleaned"], report.to_dict()
+    gets = [s for s in seen if s.startswith("GET /download/storage/v1/")]
+    assert len(gets) == len(files), seen  # each small object came through the proxy
+    for rel, data in files.items():
+        assert (tmp_path / "out" / "Proxied_20261121-101500" / rel).read_bytes() == data
