@@ -56,3 +56,75 @@ def test_sliced_download_is_checked_from_its_slices(bucket, tmp_path, monkeypatc
     report = results.pull(bucket, tmp_path / "r", settle=0)
     assert report.ok, report.to_dict()
     assert (tmp_path / "r" / "Big_20261121-101500" / "big.bin").read_bytes() == big
+
+
+def test_large_downloads_take_turns_and_small_zips_wait_for_them(tmp_path):
+    """One large object on the line at a time (each extracted while the next downloads); a small zip goes last."""
+    import threading
+    import time
+
+    import pytest
+
+    from lib.config import Config
+
+    cfg = Config.load({"backend": "local", "compute_endpoint": "http://127.0.0.1:9", "storage_endpoint":
+                       "http://127.0.0.1:9", "monitoring_endpoint": "127.0.0.1:9"}, env={}, path="")
+    entered: list[str] = []
+    release = {name: threading.Event() for name in ("A", "B", "S")}
+
+    def download(name: str, size: int, xfer: transfers.Transfers) -> None:
+        with xfer.zip_slot(size):
+            entered.append(name)
+            release[name].wait(10)
+
+    def settle(expected: list[str]) -> None:
+        deadline = time.monotonic() + 5
+        while entered != expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # and nobody else gets in meanwhile
+        assert entered == expected
+
+    large = transfers.LARGE_OBJECT
+    with transfers.Transfers(cfg, 2) as xfer:
+        for _ in range(8):  # who wakes first when A ends is up to the scheduler: B must win every time
+            entered.clear()
+            release.update({name: threading.Event() for name in ("A", "B", "S")})
+            threads = [threading.Thread(target=download, args=("A", large, xfer))]
+            threads[0].start()
+            settle(["A"])
+            threads += [threading.Thread(target=download, args=("S", 5 << 20, xfer)),
+                        threading.Thread(target=download, args=("B", large + 1, xfer))]
+            for t in threads[1:]:
+                t.start()
+            settle(["A"])  # B waits for A; S waits while a large one is in flight or waiting
+            release["A"].set()
+            settle(["A", "B"])
+            release["B"].set()
+            settle(["A", "B", "S"])
+            release["S"].set()
+            for t in threads:
+                t.join(5)
+
+        # Ctrl+C: a set waiting for its turn gives up instead of starting a download
+        hold, release["C"] = threading.Event(), threading.Event()
+        first = threading.Thread(target=download, args=("C", large, xfer))
+        first.start()
+        settle(["A", "B", "S", "C"])
+        errors: list[BaseException] = []
+
+        def waiter() -> None:
+            try:
+                with xfer.zip_slot(large):
+                    hold.set()
+            except transfers.SetFailed as exc:
+                errors.append(exc)
+
+        second = threading.Thread(target=waiter)
+        second.start()
+        xfer.cancel.set()
+        second.join(5)
+        assert not hold.is_set() and [str(e) for e in errors] == ["interrupted"]
+        release["C"].set()
+        first.join(5)
+        with pytest.raises(transfers.SetFailed, match="interrupted"), xfer.zip_slot(1000):
+            pass

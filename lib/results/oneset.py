@@ -159,7 +159,8 @@ def _download(obj: Obj, part: Path, transfers: Transfers, counter: Counter, *, i
         except Exception as exc:
             raise_download_error([exc], obj.name)
     else:
-        pieces = wait(transfers.fetch(obj, part, counter), obj.name)
+        with transfers.zip_slot(obj.size):
+            pieces = wait(transfers.fetch(obj, part, counter), obj.name)
     why = check_pieces(part, obj, pieces)
     if why:
         raise SetFailed(f"{obj.name}: downloaded content does not match GCS ({why})")

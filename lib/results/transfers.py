@@ -13,8 +13,9 @@ the Castagnoli polynomial, 24 small matrix squarings per slice).
 from __future__ import annotations
 
 import base64
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,41 @@ class Transfers:
         # 4.0 s with 48 and 3.7 s with 64; 96 was slower again, on 2 cores).
         self.small_pool = ThreadPoolExecutor(max_workers=small, thread_name_prefix="xfer-small")
         self.cancel = threading.Event()
+        self._slot = threading.Condition()  # zip_slot's state:
+        self._large_busy = False  # a large object is downloading
+        self._large_waiting = 0  # set threads waiting to download one
+
+    @contextlib.contextmanager
+    def zip_slot(self, size: int) -> Iterator[None]:
+        """Held by a set thread while a whole-set download (a zip, or a large file of a tree) is in flight.
+
+        A pull of big zips is bound by the line, and a zip is verified and extracted only once it is
+        whole. Side by side, they all finished together and were all extracted after the last byte
+        arrived. So a large object downloads alone, with all its slices in parallel, and is extracted
+        while the next one downloads; a smaller zip waits while a large one is in flight or waiting,
+        so the last thing to arrive is small and the pull ends soon after the line goes quiet.
+        """
+        large = size >= LARGE_OBJECT
+        with self._slot:
+            self._large_waiting += large
+            try:
+                while self._large_busy or (not large and self._large_waiting):
+                    if self.cancel.is_set():
+                        raise SetFailed("interrupted")
+                    self._slot.wait(0.5)
+            finally:
+                self._large_waiting -= large
+            self._large_busy = large
+            self._slot.notify_all()  # a small zip waiting on this one's turn may go once no large one waits
+        try:
+            if self.cancel.is_set():
+                raise SetFailed("interrupted")
+            yield
+        finally:
+            if large:
+                with self._slot:
+                    self._large_busy = False
+                    self._slot.notify_all()
 
     def __enter__(self) -> Transfers:
         return self
