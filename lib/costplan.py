@@ -33,8 +33,6 @@ _MEMORY_PER_VCPU: dict[str, dict[str, float]] = {
     "h3": {"standard": 4},
     "t2d": {"standard": 4},
 }
-# Families whose vCPU is a whole physical core (SMT off); everywhere else a vCPU is one of 2 hardware threads.
-_ONE_THREAD_PER_CORE = packing.NO_SMT_FAMILIES
 _CUSTOM_RX = re.compile(r"(?:([a-z0-9]+)-)?custom-(\d+)-(\d+)(?:-ext)?")
 
 
@@ -50,23 +48,20 @@ class PlannedModel(Protocol):
 class Machine:
     """A machine type as the planner sees it: shape, list price per hour (machine + boot disk), SMT.
 
-    `usable_cores` follows lib/packing.usable_cores' rule, what the VM packs models into: the physical
-    cores, vCPUs / threads per core (SMT families share a core's floating-point units between its two
-    threads), unless the batch's `#cores N` header (`cores`) says otherwise.
+    `usable_cores` is lib/packing.usable_cores, what the VM packs models into: the physical cores on
+    SMT families (two threads share a core's floating-point units), unless the batch's `#cores N`
+    header (`cores`) says otherwise.
     """
 
     name: str
     vcpus: int
     memory_gb: float
     usd_per_hour: float | None = None
-    threads_per_core: int = 2
     cores: int | None = None  # a batch's `#cores N`
 
     @property
     def usable_cores(self) -> int:
-        if self.cores is not None:
-            return self.cores
-        return max(1, self.vcpus // max(1, self.threads_per_core))
+        return packing.usable_cores(self.name, self.vcpus, override=self.cores)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "vcpus": self.vcpus, "memory_gb": self.memory_gb,
@@ -74,12 +69,11 @@ class Machine:
                 "usd_per_hour": None if self.usd_per_hour is None else round(self.usd_per_hour, 4)}
 
 
-def shape(name: str) -> tuple[int, float, int] | None:
-    """(vCPUs, memory GB, threads per core) spelled by a predefined or custom machine type name; None if not."""
+def shape(name: str) -> tuple[int, float] | None:
+    """(vCPUs, memory GB) spelled by a predefined or custom machine type name; None if not."""
     m = _CUSTOM_RX.fullmatch(name)
     if m:
-        family = m.group(1) or "n1"
-        return int(m.group(2)), int(m.group(3)) / 1024, 1 if family in _ONE_THREAD_PER_CORE else 2
+        return int(m.group(2)), int(m.group(3)) / 1024
     parts = name.split("-")
     if len(parts) != 3 or not parts[2].isdigit():
         return None
@@ -87,7 +81,7 @@ def shape(name: str) -> tuple[int, float, int] | None:
     if per_vcpu is None:
         return None
     vcpus = int(parts[2])
-    return vcpus, vcpus * per_vcpu, 1 if parts[0] in _ONE_THREAD_PER_CORE else 2
+    return vcpus, vcpus * per_vcpu
 
 
 def machine(cfg: Config, name: str, *, spot: bool = False) -> Machine:
@@ -95,13 +89,13 @@ def machine(cfg: Config, name: str, *, spot: bool = False) -> Machine:
     found = shape(name)
     if found is None:
         info = vmplan.machine_type_info(cfg, name)
-        found = (int(info.guest_cpus), int(info.memory_mb) / 1024, 2)
-    vcpus, memory, threads = found
+        found = (int(info.guest_cpus), int(info.memory_mb) / 1024)
+    vcpus, memory = found
     try:
         price: float | None = pricing.vm_hourly(cfg, name, spot=spot, disk_gb=cfg.disk_size_gb)
     except UsageError:  # not in the table: shown as unknown, and a real run then asks first
         price = None
-    return Machine(name, vcpus, memory, price, threads)
+    return Machine(name, vcpus, memory, price)
 
 
 def candidates(cfg: Config, *, spot: bool = False) -> list[Machine]:

@@ -29,13 +29,13 @@ def cfg():
     return Config.load({"project": "cost-project-1"}, env={}, path="")
 
 
-def _m(name: str, vcpus: int, price: float | None = 1.0, threads: int = 2) -> Machine:
-    return Machine(name, vcpus, vcpus * 4.0, price, threads)
+def _m(name: str, vcpus: int, price: float | None = 1.0) -> Machine:
+    return Machine(name, vcpus, vcpus * 4.0, price)
 
 
 @pytest.mark.parametrize(("name", "expected"), [
-    ("e2-standard-2", (2, 8, 2)), ("h3-standard-88", (88, 352, 1)), ("c2d-highcpu-16", (16, 32, 2)),
-    ("n2-highmem-8", (8, 64, 2)), ("n2-custom-8-32768", (8, 32, 2)), ("custom-4-8192", (4, 8, 2)),
+    ("e2-standard-2", (2, 8)), ("h3-standard-88", (88, 352)), ("c2d-highcpu-16", (16, 32)),
+    ("n2-highmem-8", (8, 64)), ("n2-custom-8-32768", (8, 32)), ("custom-4-8192", (4, 8)),
     ("zz-standard-4", None), ("e2-micro", None),
 ])
 def test_shapes_are_read_off_the_name(name, expected):
@@ -44,7 +44,7 @@ def test_shapes_are_read_off_the_name(name, expected):
 
 def test_usable_cores_is_the_smt_rule(cfg):
     assert _m("c2d-standard-8", 8).usable_cores == 4  # SMT: the physical cores
-    h3 = Machine("h3-standard-88", 88, 352, 5.0, threads_per_core=1)
+    h3 = Machine("h3-standard-88", 88, 352, 5.0)
     assert h3.usable_cores == 88  # SMT off: every vCPU is a whole core
     assert Machine("c2d-standard-8", 8, 32, 1.0, cores=8).usable_cores == 8  # a batch's `#cores N`
     for name in ("e2-standard-2", "h3-standard-88", "c2d-highcpu-16", "n2-highmem-8", "t2d-standard-8"):
@@ -53,7 +53,7 @@ def test_usable_cores_is_the_smt_rule(cfg):
 
 def test_machine_is_priced_from_the_table_with_its_boot_disk(cfg):
     m = costplan.machine(cfg, "e2-standard-2")
-    assert (m.vcpus, m.memory_gb, m.threads_per_core) == (2, 8, 2)
+    assert (m.vcpus, m.memory_gb, m.usable_cores) == (2, 8, 1)
     assert m.usd_per_hour == pytest.approx(pricing.vm_hourly(cfg, "e2-standard-2", disk_gb=cfg.disk_size_gb))
     assert m.usd_per_hour > pricing.hourly(cfg, "e2-standard-2")  # the disk is billed too
 
