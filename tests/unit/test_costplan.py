@@ -124,12 +124,12 @@ def test_the_example_batch_figures(cfg):
 
 
 def test_auto_picks_the_cheapest_machine_that_fits_the_largest_model():
-    machines = [_m("big", 16, 2.0, threads=1), _m("tiny", 2, 0.1), _m("mid", 8, 0.8)]  # 16, 1, 4 usable cores
+    machines = [_m("h3-standard-16", 16, 2.0), _m("tiny", 2, 0.1), _m("mid", 8, 0.8)]  # 16 (SMT off), 1, 4 usable cores
     assert costplan.choose_machine([M("a")], 1, machines).machine.name == "tiny"
     assert costplan.choose_machine([M("a"), M("b")], 1, machines).machine.name == "mid"  # packed: both at once
-    assert costplan.choose_machine([M("a", cores=3), M("b", cores=4)], 1, machines).machine.name == "big"
+    assert costplan.choose_machine([M("a", cores=3), M("b", cores=4)], 1, machines).machine.name == "h3-standard-16"
     p = costplan.choose_machine([M("a", cores=12)], 1, machines)
-    assert p.machine.name == "big" and p.chosen_from == ("big", "tiny", "mid")
+    assert p.machine.name == "h3-standard-16" and p.chosen_from == ("h3-standard-16", "tiny", "mid")
 
 
 def test_auto_skips_unpriced_machines_and_refuses_when_nothing_fits():
