@@ -58,8 +58,8 @@ def test_sliced_download_is_checked_from_its_slices(bucket, tmp_path, monkeypatc
     assert (tmp_path / "r" / "Big_20261121-101500" / "big.bin").read_bytes() == big
 
 
-def test_large_downloads_take_turns_and_small_zips_wait_for_them(tmp_path):
-    """One large object on the line at a time (each extracted while the next downloads); a small zip goes last."""
+def test_large_downloads_take_turns_and_a_waiting_one_gives_up_on_ctrl_c():
+    """One large object on the line at a time, so each set finishes (and is cleaned) before the next starts."""
     import threading
     import time
 
@@ -70,12 +70,16 @@ def test_large_downloads_take_turns_and_small_zips_wait_for_them(tmp_path):
     cfg = Config.load({"backend": "local", "compute_endpoint": "http://127.0.0.1:9", "storage_endpoint":
                        "http://127.0.0.1:9", "monitoring_endpoint": "127.0.0.1:9"}, env={}, path="")
     entered: list[str] = []
-    release = {name: threading.Event() for name in ("A", "B", "S")}
+    errors: list[str] = []
+    release = {name: threading.Event() for name in ("A", "B", "D")}
 
-    def download(name: str, size: int, xfer: transfers.Transfers) -> None:
-        with xfer.zip_slot(size):
-            entered.append(name)
-            release[name].wait(10)
+    def download(name: str, xfer: transfers.Transfers) -> None:
+        try:
+            with xfer.large_slot():
+                entered.append(name)
+                release[name].wait(10)
+        except transfers.SetFailed as exc:
+            errors.append(f"{name}: {exc}")
 
     def settle(expected: list[str]) -> None:
         deadline = time.monotonic() + 5
@@ -84,47 +88,92 @@ def test_large_downloads_take_turns_and_small_zips_wait_for_them(tmp_path):
         time.sleep(0.05)  # and nobody else gets in meanwhile
         assert entered == expected
 
-    large = transfers.LARGE_OBJECT
     with transfers.Transfers(cfg, 2) as xfer:
-        for _ in range(8):  # who wakes first when A ends is up to the scheduler: B must win every time
-            entered.clear()
-            release.update({name: threading.Event() for name in ("A", "B", "S")})
-            threads = [threading.Thread(target=download, args=("A", large, xfer))]
-            threads[0].start()
-            settle(["A"])
-            threads += [threading.Thread(target=download, args=("S", 5 << 20, xfer)),
-                        threading.Thread(target=download, args=("B", large + 1, xfer))]
-            for t in threads[1:]:
-                t.start()
-            settle(["A"])  # B waits for A; S waits while a large one is in flight or waiting
-            release["A"].set()
-            settle(["A", "B"])
-            release["B"].set()
-            settle(["A", "B", "S"])
-            release["S"].set()
-            for t in threads:
-                t.join(5)
-
-        # Ctrl+C: a set waiting for its turn gives up instead of starting a download
-        hold, release["C"] = threading.Event(), threading.Event()
-        first = threading.Thread(target=download, args=("C", large, xfer))
-        first.start()
-        settle(["A", "B", "S", "C"])
-        errors: list[BaseException] = []
-
-        def waiter() -> None:
-            try:
-                with xfer.zip_slot(large):
-                    hold.set()
-            except transfers.SetFailed as exc:
-                errors.append(exc)
-
-        second = threading.Thread(target=waiter)
-        second.start()
-        xfer.cancel.set()
-        second.join(5)
-        assert not hold.is_set() and [str(e) for e in errors] == ["interrupted"]
-        release["C"].set()
-        first.join(5)
-        with pytest.raises(transfers.SetFailed, match="interrupted"), xfer.zip_slot(1000):
+        threads = {name: threading.Thread(target=download, args=(name, xfer)) for name in release}
+        threads["A"].start()
+        settle(["A"])
+        threads["B"].start()
+        settle(["A"])  # B waits for A
+        release["A"].set()
+        settle(["A", "B"])
+        threads["D"].start()
+        xfer.cancel.set()  # Ctrl+C while D waits: it must not start its download
+        release["B"].set()
+        threads["D"].join(5)
+        assert entered == ["A", "B"] and errors == ["D: interrupted"]
+        with pytest.raises(transfers.SetFailed, match="interrupted"), xfer.large_slot():
             pass
+        for name in ("A", "B"):
+            threads[name].join(5)
+
+
+# ----------------------------------------------------------------- a large zip inflated while it downloads
+
+
+def _big_zip(bucket, monkeypatch, name: str = "run-1/big.zip") -> dict[str, bytes]:
+    """A zip of about 330 KB that pulls as a large object in 30 KB slices, first member (random) on top."""
+    monkeypatch.setattr(transfers, "LARGE_OBJECT", 100_000)
+    monkeypatch.setattr(transfers, "SLICE", 30_000)
+    files = {"a_first.out": os.urandom(150_000), **recorder_files(3), "z_big.out": os.urandom(150_000)}
+    put(bucket, name, make_zip(files))
+    return files
+
+
+def test_a_large_zip_is_inflated_while_its_last_slices_download(bucket, tmp_path, monkeypatch):
+    import threading
+
+    files = _big_zip(bucket, monkeypatch)
+    size = storage.list_blobs(bucket, "run-1/")[0].size
+    last_fetched = (size - 1) // transfers.SLICE - 1  # the tail slice comes first, then offset order
+    inflated = threading.Event()
+    seen: dict[str, bool] = {}
+    fetch = transfers.Transfers.fetch_range
+
+    def held(self, obj, dest, start, end, count):
+        if end is not None and start // transfers.SLICE == last_fetched:
+            seen["inflating_before_the_end"] = inflated.wait(10)  # released once a member is out
+        return fetch(self, obj, dest, start, end, count)
+
+    def watch() -> None:
+        while not inflated.is_set() and not seen:
+            if any(p.is_file() for p in (tmp_path / "r").glob(".ops-hpc-partial/*/x/*")):
+                inflated.set()
+
+    monkeypatch.setattr(transfers.Transfers, "fetch_range", held)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    report = results.pull(bucket, tmp_path / "r", settle=0)
+    watcher.join(5)
+    assert report.ok, report.to_dict()
+    assert seen == {"inflating_before_the_end": True}
+    for rel, data in files.items():
+        assert (tmp_path / "r" / "run-1" / "big" / rel).read_bytes() == data
+    assert storage.list_blobs(bucket, "run-1/") == []
+
+
+def test_a_slice_that_keeps_failing_fails_the_zip_and_places_nothing(bucket, tmp_path, monkeypatch):
+    from google.api_core import exceptions as gexc
+
+    _big_zip(bucket, monkeypatch)
+    fetch = transfers.Transfers.fetch_range
+
+    def forbidden(self, obj, dest, start, end, count):
+        if end is not None and start == transfers.SLICE:  # the second slice of the file
+            raise gexc.Forbidden("no")
+        return fetch(self, obj, dest, start, end, count)
+
+    monkeypatch.setattr(transfers.Transfers, "fetch_range", forbidden)
+    report = results.pull(bucket, tmp_path / "r", settle=0)
+    outcome = report.outcomes[0]
+    assert outcome.status == "failed" and "download failed after retries: Forbidden" in outcome.reason, outcome
+    assert names(bucket) == ["run-1/big.zip"]
+    assert not (tmp_path / "r" / "run-1").exists() and not list((tmp_path / "r").glob(".ops-hpc-partial/*"))
+
+
+def test_a_corrupted_slice_of_a_large_zip_is_caught_and_kept(bucket, tmp_path, monkeypatch, faults):
+    _big_zip(bucket, monkeypatch)
+    faults("storage", "corrupt", 1, match="alt=media")  # the first slice asked for: the zip's directory
+    report = results.pull(bucket, tmp_path / "r", settle=0)
+    assert report.outcomes[0].status == "failed", report.to_dict()
+    assert names(bucket) == ["run-1/big.zip"]
+    assert not (tmp_path / "r" / "run-1").exists()

@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import google_crc32c
 
@@ -79,18 +80,21 @@ def check_members(infos: list[zipfile.ZipInfo], zip_size: int, max_bytes: int) -
     return total
 
 
-def extract(zip_path: Path, into: Path, folder: Path, *, max_bytes: int) -> dict[str, list]:
+def extract(source: Path | BinaryIO, into: Path, folder: Path, *, max_bytes: int,
+            size: int | None = None) -> dict[str, list]:
     """Check the member list, then inflate every member (zipfile checks each CRC-32 at its end).
 
+    `source` is the zip's path, or a seekable file of `size` bytes (a zip still arriving: streaming.py).
     Returns {path: [size, crc32c]} of the extracted files, computed while writing them.
     """
     try:
-        zf = zipfile.ZipFile(zip_path)
+        zf = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError) as exc:
         raise SetFailed(f"not a readable zip ({exc})") from None
     with zf:
         infos = zf.infolist()
-        total = check_members(infos, zip_path.stat().st_size, max_bytes)
+        zip_size = source.stat().st_size if isinstance(source, Path) else int(size or 0)
+        total = check_members(infos, zip_size, max_bytes)
         with reserve(folder, total):
             return _inflate(zf, infos, into, min(total, max_bytes))
 

@@ -24,6 +24,7 @@ from lib import manifest, safepaths, storage
 from lib.config import Config
 from lib.downloads import StateError, Tracker
 from lib.log import Log
+from lib.results import streaming
 from lib.results import transfers as xfer
 from lib.results.extract import extract, reserve
 from lib.results.listing import PUSH_MARKER, Obj, ResultSet, backoff
@@ -158,12 +159,38 @@ def _download(obj: Obj, part: Path, transfers: Transfers, counter: Counter, *, i
             pieces = [transfers.fetch_range(obj, part, 0, None, counter)]
         except Exception as exc:
             raise_download_error([exc], obj.name)
-    else:
-        with transfers.zip_slot(obj.size):
+    elif obj.size >= xfer.LARGE_OBJECT:
+        with transfers.large_slot():
             pieces = wait(transfers.fetch(obj, part, counter), obj.name)
+    else:
+        pieces = wait(transfers.fetch(obj, part, counter), obj.name)
     why = check_pieces(part, obj, pieces)
     if why:
         raise SetFailed(f"{obj.name}: downloaded content does not match GCS ({why})")
+
+
+def _stream_zip(obj: Obj, part: Path, tree: Path, folder: Path, transfers: Transfers, counter: Counter,
+                max_bytes: int) -> dict[str, list]:
+    """Download a large zip and inflate it into `tree` as its slices arrive (streaming.py).
+
+    The extraction counts only once the whole object's CRC32C matches GCS; until then `tree` is staging.
+    """
+    release = transfers.take_large()
+    try:
+        arriving = streaming.Arriving(transfers, obj, part, counter, on_landed=release)
+        try:
+            with arriving.reader() as src:
+                files = extract(src, tree, folder, max_bytes=max_bytes, size=obj.size)
+            pieces = arriving.finish()
+        except BaseException:
+            arriving.stop()  # nothing may still write into staging when it is removed
+            raise
+    finally:
+        release()
+    why = check_pieces(part, obj, pieces)
+    if why:
+        raise SetFailed(f"{obj.name}: downloaded content does not match GCS ({why})")
+    return files
 
 
 def _new_version(final: Path, obj: Obj) -> Path:
@@ -253,11 +280,13 @@ def _zip_set(folder: Path, s: ResultSet, staging: Path, transfers: Transfers, co
         if not manifest.compare(target, expected, ignore=()):
             counter(obj.size, fetched=False)  # extracted and verified by an earlier pull that stopped before cleaning
             return recorded, entry.get("model_state")
-    part = staging / "set.zip.part"
+    part, tree = staging / "set.zip.part", staging / "x"
     with reserve(folder, obj.size):
-        _download(obj, part, transfers, counter, inline=False)
-        tree = staging / "x"
-        files = extract(part, tree, folder, max_bytes=max_bytes)
+        if obj.size >= xfer.LARGE_OBJECT:
+            files = _stream_zip(obj, part, tree, folder, transfers, counter, max_bytes)
+        else:
+            _download(obj, part, transfers, counter, inline=False)
+            files = extract(part, tree, folder, max_bytes=max_bytes)
         part.unlink()
     model_state = _check_manifest(tree, ignore_extra=False, computed=files)  # CRC32Cs taken while inflating
     unchanged()  # replaced meanwhile? then this copy is not the one to keep: defer before placing anything

@@ -148,41 +148,39 @@ class Transfers:
         # 4.0 s with 48 and 3.7 s with 64; 96 was slower again, on 2 cores).
         self.small_pool = ThreadPoolExecutor(max_workers=small, thread_name_prefix="xfer-small")
         self.cancel = threading.Event()
-        self._slot = threading.Condition()  # zip_slot's state:
-        self._large_busy = False  # a large object is downloading
-        self._large_waiting = 0  # set threads waiting to download one
+        self._large = threading.Lock()
+
+    def take_large(self) -> Callable[[], None]:
+        """Wait for the line's large-object turn; returns the release (any thread may call it, once or more).
+
+        One large object downloads at a time, a few slices in flight: its slices then arrive in order at
+        the line's full rate, so a zip is inflated as it arrives (streaming.py) and each set is finished,
+        checked and cleaned before the next large one ends, instead of all of them sharing the line and
+        finishing together. A zip gives the turn back when its last slice lands, before its last inflate.
+        """
+        self._large.acquire()
+        done = threading.Event()
+        guard = threading.Lock()
+
+        def release() -> None:
+            with guard:
+                if not done.is_set():
+                    done.set()
+                    self._large.release()
+
+        if self.cancel.is_set():
+            release()
+            raise SetFailed("interrupted")
+        return release
 
     @contextlib.contextmanager
-    def zip_slot(self, size: int) -> Iterator[None]:
-        """Held by a set thread while a whole-set download (a zip, or a large file of a tree) is in flight.
-
-        A pull of big zips is bound by the line, and a zip is verified and extracted only once it is
-        whole. Side by side, they all finished together and were all extracted after the last byte
-        arrived. So a large object downloads alone, with all its slices in parallel, and is extracted
-        while the next one downloads; a smaller zip waits while a large one is in flight or waiting,
-        so the last thing to arrive is small and the pull ends soon after the line goes quiet.
-        """
-        large = size >= LARGE_OBJECT
-        with self._slot:
-            self._large_waiting += large
-            try:
-                while self._large_busy or (not large and self._large_waiting):
-                    if self.cancel.is_set():
-                        raise SetFailed("interrupted")
-                    self._slot.wait(0.5)
-            finally:
-                self._large_waiting -= large
-            self._large_busy = large
-            self._slot.notify_all()  # a small zip waiting on this one's turn may go once no large one waits
+    def large_slot(self) -> Iterator[None]:
+        """`take_large` for the length of a block."""
+        release = self.take_large()
         try:
-            if self.cancel.is_set():
-                raise SetFailed("interrupted")
             yield
         finally:
-            if large:
-                with self._slot:
-                    self._large_busy = False
-                    self._slot.notify_all()
+            release()
 
     def __enter__(self) -> Transfers:
         return self
