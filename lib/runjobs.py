@@ -120,10 +120,11 @@ def run_jobs(
     limit = cfg.upload_timeout_min * minute_s
     # entered first: it covers the creation too; an interrupt lets the pushes in flight finish (at most `limit`)
     with VMGuard(cfg, name, on_log=on_log, state=state, pending=lambda: uploads, hold_s=limit) as guard:
+        sent = time.time()  # the VM may be up before create_vm returns: its cost counts from the insert
         vm = compute.create_vm(cfg, spec, on_log=on_log, state=state)
         cfg = cfg.replace(zone=vm.zone)  # where it landed: a zone out of capacity moves it on
         runs.record_vm(cfg, run_id, name, on_log=on_log, kind="run", machine_type=spec.machine_type, zone=vm.zone,
-                       spot=vm.spot, launched=round(time.time(), 3), models=[m.name for m in batch.models])
+                       spot=vm.spot, launched=round(sent, 3), models=[m.name for m in batch.models])
         ssh.wait_for_ssh(cfg, name, ssh_timeout, on_log=on_log)
         push.install_tools(cfg, name, on_log=on_log)
         for index, (job, result) in enumerate(zip(batch.models, results, strict=True)):

@@ -166,9 +166,10 @@ def launch(cfg: Config, run_id: str, shards: Sequence[Sequence[StagedModel]], *,
         guards = []
         for spec, run in zip(specs, runs, strict=True):
             guards.append(stack.enter_context(VMGuard(cfg, spec.name, on_log=on_log, state=state)))
+            sent = time.time()  # the VM may be up before create_vm returns: its cost counts from the insert
             vm = compute.create_vm(cfg, spec, on_log=on_log, state=state, on_demand_fallback=on_demand_fallback,
                                    exhausted=exhausted)
-            run.id, run.created, run.zone, run.spot = vm.id, time.time(), vm.zone, vm.spot
+            run.id, run.created, run.zone, run.spot = vm.id, sent, vm.zone, vm.spot
             record_vm(cfg, run_id, spec.name, on_log=on_log, kind="run-staged", machine_type=spec.machine_type,
                       zone=vm.zone, spot=vm.spot, launched=round(run.created, 3), models=run.models,
                       hourly=run.hourly)
