@@ -177,3 +177,25 @@ def test_a_corrupted_slice_of_a_large_zip_is_caught_and_kept(bucket, tmp_path, m
     assert report.outcomes[0].status == "failed", report.to_dict()
     assert names(bucket) == ["run-1/big.zip"]
     assert not (tmp_path / "r" / "run-1").exists()
+
+
+def test_ctrl_c_during_a_streamed_zip_stops_it_and_places_nothing(bucket, tmp_path, monkeypatch):
+    """The cancel flag (what Ctrl+C sets) stops the slices and the inflating; the zip stays in GCS."""
+    _big_zip(bucket, monkeypatch)
+    fetch = transfers.Transfers.fetch_range
+    started: list[int] = []
+
+    def interrupted(self, obj, dest, start, end, count):
+        started.append(start)
+        if end is not None and start == 2 * transfers.SLICE:
+            self.cancel.set()  # as pulling.pull does on KeyboardInterrupt
+        return fetch(self, obj, dest, start, end, count)
+
+    monkeypatch.setattr(transfers.Transfers, "fetch_range", interrupted)
+    report = results.pull(bucket, tmp_path / "r", settle=0)
+    outcome = report.outcomes[0]
+    assert outcome.status == "failed" and "interrupted" in outcome.reason, outcome
+    slices = -(-outcome.bytes // transfers.SLICE)
+    assert len(started) < slices  # no slice started after the flag was set
+    assert names(bucket) == ["run-1/big.zip"]
+    assert not (tmp_path / "r" / "run-1").exists() and not list((tmp_path / "r").glob(".ops-hpc-partial/*"))
