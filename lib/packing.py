@@ -3,8 +3,8 @@
 A VM runs its models concurrently (vm-scripts/ops_helpers.py `pick`, called by run_analysis.sh):
 pending models wait in *pack order* (largest cores x timeout first, then batch order); whenever cores
 (or memory) free up, every pending model that fits is started, scanning the whole queue (a model that
-does not fit does not block smaller ones behind it). `simulate` here applies the very same rule
-(`pick`) to predicted durations; a test holds the two to the same starts.
+does not fit does not block smaller ones behind it). `simulate` here runs that very `pick` (loaded
+from the file the VMs get) on predicted durations.
 
 Everything here is pure arithmetic on duck-typed models (`name`, `cores`, `timeout_min`, optional
 `mem_gb`, `retries`, `size`): lib/batches.Model and lib/stage.StagedModel both qualify.
@@ -19,12 +19,15 @@ wait on I/O can use every vCPU).
 
 from __future__ import annotations
 
+import functools
 import heapq
+import importlib.util
 import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from lib import paths
 from lib.errors import Refused, UsageError
 
 T = TypeVar("T")
@@ -76,19 +79,24 @@ def pack_order(models: Sequence[T]) -> list[T]:
     return [m for _, m in sorted(enumerate(models), key=key)]
 
 
+@functools.lru_cache(maxsize=1)
+def _vm_helpers() -> Any:
+    """vm-scripts/ops_helpers.py, the file that ships to VMs (standard library only, so it loads here too)."""
+    spec = importlib.util.spec_from_file_location("ops_hpc_vm_helpers", paths.VM_SCRIPTS / "ops_helpers.py")
+    if spec is None or spec.loader is None:  # pragma: no cover - the file ships with the package
+        raise ImportError(f"cannot load {paths.VM_SCRIPTS / 'ops_helpers.py'}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def pick(pending: Sequence[tuple[str, int, int]], free_cores: int, free_mem_mb: int | None) -> list[str]:
     """The scheduling rule: scan (name, cores, mem_mb) in queue order, start every one that fits what is free.
 
-    Identical to vm-scripts/ops_helpers.py `pick` (a test holds them together). free_mem_mb None: no memory limit.
+    The VM's own code (vm-scripts/ops_helpers.py `pick`), so the prediction cannot drift from what a VM
+    does. free_mem_mb None: no memory limit.
     """
-    chosen = []
-    for name, cores, mem in pending:
-        if cores <= free_cores and (free_mem_mb is None or mem <= free_mem_mb):
-            chosen.append(name)
-            free_cores -= cores
-            if free_mem_mb is not None:
-                free_mem_mb -= mem
-    return chosen
+    return list(_vm_helpers().pick(pending, free_cores, free_mem_mb))
 
 
 def slot_seconds(model: Any, overhead_s: float = MODEL_OVERHEAD_S) -> float:
