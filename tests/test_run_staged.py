@@ -17,6 +17,7 @@ import pytest
 from lib import compute, manifest, naming, results, runlog, runstaged, runstatus, stage, storage
 from lib.demo import demo
 from lib.errors import OpsError
+from tests.support import wait_for
 from tests.support.bins import run_bin
 from tests.support.vms import SMALL, run_config
 
@@ -61,6 +62,15 @@ def _copy_example(base: Path, example: str, name: str) -> None:
 def _tcl(base: Path, name: str, text: str) -> None:
     (base / name).mkdir(parents=True)
     (base / name / "main.tcl").write_text(text)
+
+
+def _one_model(tmp_path: Path, tcl: str = "puts hi\n") -> tuple[Path, str, str]:
+    """A batch of one model `m`, a fresh run id and its VM's name."""
+    base = tmp_path / "batch"
+    _tcl(base, "m", tcl)
+    (base / "batch.txt").write_text("m timeout=10\n")  # roomy: the machine may be busy
+    run_id = stage.new_run_id()
+    return base / "batch.txt", run_id, naming.vm_name(run_id)
 
 
 def _files(folder: Path) -> dict[str, str]:
@@ -214,16 +224,6 @@ def test_demo_pipeline_end_to_end_leaves_nothing_behind(tmp_path):
     assert report == tmp_path / "results" / out["run_id"] / "index.html" and "frame_pushover" in report.read_text()
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def _status(cfg, run_id: str, vm: str) -> dict:
     return runstatus.read_statuses(cfg, run_id).get(vm, {})
 
@@ -272,14 +272,10 @@ def test_a_startup_script_that_dies_gets_its_vm_deleted_within_seconds(cfg, imag
 
 
 def test_a_vm_whose_self_delete_is_refused_is_deleted_by_the_follower(cfg, image, tmp_path, faults):
-    base = tmp_path / "batch"
-    _tcl(base, "m", "puts hi\n")
-    (base / "batch.txt").write_text("m timeout=10\n")  # roomy: the machine may be busy
-    run_id = stage.new_run_id()
-    name = naming.vm_name(run_id)
+    batch, run_id, name = _one_model(tmp_path)
     faults("metadata", "deny:compute.instances.delete", match=f"/{name} ")  # its account lacks the permission
     logs: list[str] = []
-    out = runstaged.run_staged(cfg, base / "batch.txt", wait=True, run_id=run_id, results_dir=tmp_path / "r",
+    out = runstaged.run_staged(cfg, batch, wait=True, run_id=run_id, results_dir=tmp_path / "r",
                                image=image, on_log=logs.append, tail=False)
     assert {r["model"]: r["state"] for r in out.rows} == {"m": "ok"}
     assert any(f"{name}: reports its self-delete was refused: deleting it" in line for line in logs), "\n".join(logs)
@@ -293,17 +289,13 @@ def test_a_vm_whose_self_delete_is_refused_is_deleted_by_status_or_sweep(cfg, im
     from lib import status as status_mod
     from lib import sweep as sweep_mod
 
-    base = tmp_path / "batch"
-    _tcl(base, "m", "puts hi\n")
-    (base / "batch.txt").write_text("m timeout=10\n")  # roomy: the machine may be busy
-    run_id = stage.new_run_id()
-    name = naming.vm_name(run_id)
+    batch, run_id, name = _one_model(tmp_path)
     faults("metadata", "deny:compute.instances.delete", match=f"/{name} ")  # its account lacks the permission
-    runstaged.run_staged(cfg, base / "batch.txt", run_id=run_id, image=image)  # no wait: nobody follows it
+    runstaged.run_staged(cfg, batch, run_id=run_id, image=image)  # no wait: nobody follows it
     warned: list[str] = []
     call = {"status": lambda: status_mod.status(cfg, on_warn=warned.append),
             "sweep": lambda: sweep_mod.sweep(cfg, on_warn=warned.append)}[net]
-    _wait_for(lambda: call() is not None and compute.get_vm(cfg, name) is None, 120, f"{net} to delete the VM")
+    wait_for(lambda: call() is not None and compute.get_vm(cfg, name) is None, 120, f"{net} to delete the VM", interval=0.25)
     gone_at = time.time()
     status = _status(cfg, run_id, name)
     assert status["state"] == "self_delete_refused" and status["per_model"]["m"]["state"] == "ok"
@@ -316,23 +308,19 @@ def test_a_vm_whose_self_delete_is_refused_is_deleted_by_status_or_sweep(cfg, im
 def test_a_result_stranded_by_a_503_storm_is_reported_then_rescued_by_the_sweep(cfg, image, tmp_path, faults):
     from lib import sweep as sweep_mod
 
-    base = tmp_path / "batch"
-    _tcl(base, "m", "puts hi\n")
-    (base / "batch.txt").write_text("m timeout=10\n")
-    run_id = stage.new_run_id()
-    name = naming.vm_name(run_id)
+    batch, run_id, name = _one_model(tmp_path)
     faults("storage", "http:503", count=10_000, match=f"uploadType=media&name={run_id}%2Fm\\.zip")
     t0 = time.time()
-    runstaged.run_staged(cfg, base / "batch.txt", run_id=run_id, image=image)  # no wait: nobody follows it
-    status = _wait_for(lambda: (s := _status(cfg, run_id, name)).get("stranded") == "m" and s, 240,
-                       "the VM to report m stranded")
+    runstaged.run_staged(cfg, batch, run_id=run_id, image=image)  # no wait: nobody follows it
+    status = wait_for(lambda: (s := _status(cfg, run_id, name)).get("stranded") == "m" and s, 240,
+                       "the VM to report m stranded", interval=0.25)
     started = time.time()
     print(f"\nFIGURE 503 storm: result reported stranded {started - t0:.1f} s after the launch began "
           f"(the model's upload gave up after one round of backoff)")
     assert status["per_model"]["m"]["state"] == "upload_failed"
     warned, logs = [], []
-    _wait_for(lambda: sweep_mod.sweep(cfg, on_warn=warned.append, on_log=logs.append) is not None and
-              compute.get_vm(cfg, name) is None, 120, "the sweep to rescue and delete the VM")
+    wait_for(lambda: sweep_mod.sweep(cfg, on_warn=warned.append, on_log=logs.append) is not None and
+              compute.get_vm(cfg, name) is None, 120, "the sweep to rescue and delete the VM", interval=0.25)
     assert any("reports stranded result(s) m on its disk: copying them" in w for w in warned), warned
     assert any(f"rescued {name}:" in line for line in logs), logs
     assert storage.get_blob(cfg, f"{run_id}/m.zip") is not None  # the PC's upload went through the storm
@@ -340,11 +328,7 @@ def test_a_result_stranded_by_a_503_storm_is_reported_then_rescued_by_the_sweep(
 
 
 def test_a_result_whose_upload_fails_for_good_is_rescued_before_the_vm_is_deleted(cfg, image, tmp_path, faults):
-    base = tmp_path / "batch"
-    _tcl(base, "m", SLOW_TCL.format(ms=200))
-    (base / "batch.txt").write_text("m timeout=10\n")  # roomy: the machine may be busy
-    run_id = stage.new_run_id()
-    name = naming.vm_name(run_id)
+    batch, run_id, name = _one_model(tmp_path, SLOW_TCL.format(ms=200))
     faults("storage", "http:403", count=10_000, match=f"uploadType=media&name={run_id}%2Fm\\.zip")
     logs: list[str] = []
     seen: dict[str, float] = {}
@@ -355,7 +339,7 @@ def test_a_result_whose_upload_fails_for_good_is_rescued_before_the_vm_is_delete
             if text in line:
                 seen.setdefault(key, time.time())
 
-    out = runstaged.run_staged(cfg, base / "batch.txt", wait=True, run_id=run_id, results_dir=tmp_path / "r",
+    out = runstaged.run_staged(cfg, batch, wait=True, run_id=run_id, results_dir=tmp_path / "r",
                                image=image, on_log=on_log, tail=False)
     assert {r["model"]: r["state"] for r in out.rows} == {"m": "ok"}, "\n".join(logs)
     assert (tmp_path / "r" / run_id / "m" / "output" / "done.out").exists()
@@ -369,18 +353,14 @@ def test_a_result_whose_upload_fails_for_good_is_rescued_before_the_vm_is_delete
 
 
 def test_a_stranded_result_is_retried_by_the_vm_until_it_uploads(cfg, image, localcloud, tmp_path, faults):
-    base = tmp_path / "batch"
-    _tcl(base, "m", "puts hi\n")
-    (base / "batch.txt").write_text("m timeout=10\n")  # roomy: the machine may be busy
-    run_id = stage.new_run_id()
-    name = naming.vm_name(run_id)
+    batch, run_id, name = _one_model(tmp_path)
     faults("storage", "http:403", count=10_000, match=f"uploadType=media&name={run_id}%2Fm\\.zip")
-    runstaged.run_staged(cfg, base / "batch.txt", run_id=run_id, image=image)  # no wait: nobody rescues it
-    _wait_for(lambda: _status(cfg, run_id, name).get("stranded") == "m", 60, "the VM to report m stranded")
+    runstaged.run_staged(cfg, batch, run_id=run_id, image=image)  # no wait: nobody rescues it
+    wait_for(lambda: _status(cfg, run_id, name).get("stranded") == "m", 60, "the VM to report m stranded", interval=0.25)
     shown = runlog.format_log(runlog.run_log(cfg, run_id))
     assert "stranded result(s) m on the VM under /opt/ops-hpc/work/" in shown
     localcloud.clear_faults()  # the bucket takes uploads again: the VM's next retry gets through
-    _wait_for(lambda: compute.get_vm(cfg, name) is None, 60, "the VM to upload and delete itself")
+    wait_for(lambda: compute.get_vm(cfg, name) is None, 60, "the VM to upload and delete itself", interval=0.25)
     assert storage.get_blob(cfg, f"{run_id}/m.zip") is not None
     assert _status(cfg, run_id, name)["state"] == "done"
 
@@ -393,13 +373,13 @@ def test_a_preempted_run_without_wait_says_so_and_reruns_only_its_unfinished_mod
     (base / "batch.txt").write_text("first timeout=5\nsecond timeout=5\nthird timeout=5\n")
     out = runstaged.run_staged(cfg, base / "batch.txt", spot=True, image=image)
     (vm,) = out.vms
-    _wait_for(lambda: _status(cfg, out.run_id, vm).get("per_model", {}).get("first", {}).get("state") == "ok" and
-              _status(cfg, out.run_id, vm).get("current_model") == "second", 60, "the second model to start")
+    wait_for(lambda: _status(cfg, out.run_id, vm).get("per_model", {}).get("first", {}).get("state") == "ok" and
+              _status(cfg, out.run_id, vm).get("current_model") == "second", 60, "the second model to start", interval=0.25)
     t0 = time.monotonic()
     localcloud.admin(f"preempt/{cfg.project}/{cfg.zone}/{vm}", {})
     try:
-        status = _wait_for(lambda: (s := _status(cfg, out.run_id, vm)).get("state") == "preempted" and s, 45,
-                           "the preempted status")
+        status = wait_for(lambda: (s := _status(cfg, out.run_id, vm)).get("state") == "preempted" and s, 45,
+                           "the preempted status", interval=0.25)
     except AssertionError:
         log = storage.download_bytes(cfg, f"_logs/{out.run_id}/_vm-{vm}.log") or b"(no VM log)"
         raise AssertionError(f"status {_status(cfg, out.run_id, vm)}; VM log:\n{log.decode()}") from None

@@ -81,15 +81,20 @@ cli.run(lambda argv: runjobs.run_jobs(cfg, {jobs!r}, name={name!r}, image={image
 """
 
 
+def _run_jobs_child(localcloud, state_dir, jobs, name: str, image: str, logs) -> subprocess.Popen:
+    """`make run` of `jobs` in a child process (so a test can send it SIGINT), output merged on stdout."""
+    code = CHILD.format(repo=str(REPO), jobs=str(jobs), name=name, image=image, logs=str(logs))
+    return subprocess.Popen([sys.executable, "-c", code], env=localcloud.env(state_dir=state_dir),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def test_sigint_during_a_job_deletes_the_vm(localcloud, tmp_path):
     state_dir = tmp_path / "state"
     cfg = vm_config(localcloud, state_dir)
     image = opensees_image(cfg)
     jobs = jobs_file(tmp_path / "jobs", ["endless timeout=60"], models=("endless",))
     name = unique("sigint")
-    code = CHILD.format(repo=str(REPO), jobs=str(jobs), name=name, image=image, logs=str(tmp_path / "logs"))
-    child = subprocess.Popen([sys.executable, "-c", code], env=localcloud.env(state_dir=state_dir),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    child = _run_jobs_child(localcloud, state_dir, jobs, name, image, tmp_path / "logs")
     try:
         log = tmp_path / "logs" / "endless.log"
         wait_for(lambda: log.exists() and "step 3" in log.read_text(), timeout=30)
@@ -121,9 +126,7 @@ def test_sigint_while_a_push_uploads_lets_it_finish_and_seal_before_the_delete(l
         "for {set i 0} {$i < 30} {incr i} { set f [open out_$i.txt w]; puts $f $i; close $f }\n")
     faults("storage", "delay", count=10_000, match="name=many_", seconds=0.3)  # job 1's push takes ~10 s
     name = unique("sigpush")
-    code = CHILD.format(repo=str(REPO), jobs=str(jobs), name=name, image=image, logs=str(tmp_path / "logs"))
-    child = subprocess.Popen([sys.executable, "-c", code], env=localcloud.env(state_dir=state_dir),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    child = _run_jobs_child(localcloud, state_dir, jobs, name, image, tmp_path / "logs")
     try:
         log = tmp_path / "logs" / "endless.log"
         wait_for(lambda: log.exists() and "step 3" in log.read_text(), timeout=60)  # job 2 runs, job 1 pushes

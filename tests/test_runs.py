@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from lib import compute, runs, runstaged, stage, storage
+from tests.support import wait_for
 from tests.support.bins import run_bin
 from tests.support.vms import SMALL, vm_config
 
@@ -56,16 +57,6 @@ def _batch(base: Path, models: dict[str, str]) -> Path:
     return base / "batch.txt"
 
 
-def _wait(predicate, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {predicate}")
-
-
 def _by_id(rows):
     return {r["run_id"]: r for r in rows}
 
@@ -76,12 +67,12 @@ def test_two_runs_two_pcs_one_bucket(pcs, image, tmp_path, localcloud):
     run_a = runstaged.run_staged(pc_a, _batch(tmp_path / "a", {"frame": "example:frame_pushover",
                                                                "truss": "example:truss_transient"}),
                                  wait=False, image=image)
-    _wait(lambda: compute.get_vm(pc_a, run_a.vms[0]) is None)
+    wait_for(lambda: compute.get_vm(pc_a, run_a.vms[0]) is None, 90, interval=0.5)
     time.sleep(1.1)  # run ids carry seconds: B is newer
     run_b = runstaged.run_staged(pc_b, _batch(tmp_path / "b", {"slow": SLOW_TCL}), wait=False, image=image)
     (vm_b,) = run_b.vms
-    _wait(lambda: "model.slow=running" in (storage.download_bytes(pc_b, f"_status/{run_b.run_id}/{vm_b}.txt") or b"")
-          .decode())
+    wait_for(lambda: "model.slow=running" in (storage.download_bytes(pc_b, f"_status/{run_b.run_id}/{vm_b}.txt") or b"")
+          .decode(), 90, interval=0.5)
 
     rows = runs.list_runs(pc_b)
     assert [r["run_id"] for r in rows][:2] == [run_b.run_id, run_a.run_id]  # newest first

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from lib.localcloud.compute import ComputeEmulator
 from lib.localcloud.faults import FaultRegistry
 from lib.localcloud.http import AppServer
 from lib.localcloud.vms import VM_MARKER
+from tests.support import wait_for
 
 PROJECT = "test-proj"
 ZONE = "us-central1-a"
@@ -89,16 +89,6 @@ def instance(name: str, *, machine: str = "e2-standard-2", script: str | None = 
                                        initialize_params=compute_v1.AttachedDiskInitializeParams(source_image=image))],
         network_interfaces=[compute_v1.NetworkInterface(network="global/networks/default")],
         metadata=compute_v1.Metadata(items=items), scheduling=sched)
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def vm_procs(root: Path) -> list[psutil.Process]:

@@ -4,11 +4,11 @@ VMs booted from it, jobs files of the small real OpenSees models in tests/data/m
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 from lib import build, compute, ssh
 from lib.config import Config
+from tests.support import wait_for
 
 MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
 _IMAGES: dict[str, str] = {}
@@ -43,16 +43,6 @@ def jobs_file(folder: Path, lines: list[str], models: tuple[str, ...] = ("quick"
     path = folder / "jobs.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
 
 
 def start_job(cfg: Config, name: str, model: str) -> None:
