@@ -12,11 +12,11 @@ from pathlib import Path
 
 from werkzeug import Response
 
-from lib import compute, notify, runstaged, storage
+from lib import notify, runstaged, storage
 from lib.config import Config
 from tests.support.bins import run_bin
 from tests.support.results import make_zip, manifest_for, put
-from tests.support.vms import vm_config
+from tests.support.vms import vm_config, wait_gone
 
 DOWN = "http://127.0.0.1:9/down"  # nothing listens there: connection refused
 RUN = "run-20261206-090000-beef"
@@ -44,10 +44,7 @@ def test_the_vm_posts_a_failure_and_its_end_with_the_pc_off_and_a_bad_receiver_f
     (base / "batch.txt").write_text("good\nbad\n")
     out = runstaged.run_staged(cfg, base / "batch.txt", wait=False, image=image)  # then the PC is "off"
     (vm,) = out.vms
-    deadline = time.monotonic() + 120
-    while compute.get_vm(cfg, vm) is not None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert compute.get_vm(cfg, vm) is None, "the VM did not finish and delete itself"
+    assert wait_gone(cfg, vm, 120), "the VM did not finish and delete itself"
     assert {b.name for b in storage.list_blobs(cfg, f"{out.run_id}/")} == {f"{out.run_id}/good.zip",
                                                                           f"{out.run_id}/bad.zip"}
     status = storage.download_bytes(cfg, f"_status/{out.run_id}/{vm}.txt").decode()

@@ -19,7 +19,7 @@ from lib.demo import demo
 from lib.errors import OpsError
 from tests.support import wait_for
 from tests.support.bins import run_bin
-from tests.support.vms import SMALL, run_config
+from tests.support.vms import SMALL, run_config, wait_gone
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "batches" / "examples"
@@ -177,10 +177,7 @@ def test_pc_switched_off_then_bin_pull_collects_everything(cfg, image, localclou
     (base / "batch.txt").write_text("frame\ntruss\n")
     out = runstaged.run_staged(cfg, base / "batch.txt", wait=False, image=image)
     (vm,) = out.vms
-    deadline = time.monotonic() + 60
-    while compute.get_vm(cfg, vm) is not None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert compute.get_vm(cfg, vm) is None, "the VM did not delete itself"
+    assert wait_gone(cfg, vm, 60), "the VM did not delete itself"
     dest = tmp_path / "later"
     env = localcloud.env(bucket=cfg.bucket_name, state_dir=str(tmp_path / "state"))
     pulled = run_bin("pull", "--yes", "--dir", str(dest), "--json", env=env)

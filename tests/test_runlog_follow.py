@@ -19,7 +19,7 @@ import pytest
 
 from lib import compute, runlog, runstaged, storage
 from lib.errors import Refused
-from tests.support.vms import run_config
+from tests.support.vms import run_config, wait_gone
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "run-20261206-101500-f00d"
@@ -159,9 +159,6 @@ def test_ctrl_c_stops_following_with_130_and_leaves_the_run_alone(cfg, image, tm
             os.kill(proc.pid, signal.SIGKILL)
     assert code == 130, proc.stderr.read() if proc.stderr else ""
     assert compute.get_vm(cfg, vm) is not None or storage.get_blob(cfg, f"{out.run_id}/chatty.zip") is not None
-    deadline = time.monotonic() + 90
-    while compute.get_vm(cfg, vm) is not None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert compute.get_vm(cfg, vm) is None, "the run did not finish on its own"
+    assert wait_gone(cfg, vm, 90), "the run did not finish on its own"
     assert {b.name for b in storage.list_blobs(cfg, f"{out.run_id}/")} == {f"{out.run_id}/chatty.zip",
                                                                           f"{out.run_id}/frame.zip"}
