@@ -80,11 +80,10 @@ def check_members(infos: list[zipfile.ZipInfo], zip_size: int, max_bytes: int) -
     return total
 
 
-def extract(source: Path | BinaryIO, into: Path, folder: Path, *, max_bytes: int,
-            size: int | None = None) -> dict[str, list]:
+def extract(source: Path | BinaryIO, into: Path, folder: Path, *, max_bytes: int) -> dict[str, list]:
     """Check the member list, then inflate every member (zipfile checks each CRC-32 at its end).
 
-    `source` is the zip's path, or a seekable file of `size` bytes (a zip still arriving: streaming.py).
+    `source` is the zip's path, or a seekable file (a zip still arriving: streaming.py).
     Returns {path: [size, crc32c]} of the extracted files, computed while writing them.
     """
     try:
@@ -93,7 +92,7 @@ def extract(source: Path | BinaryIO, into: Path, folder: Path, *, max_bytes: int
         raise SetFailed(f"not a readable zip ({exc})") from None
     with zf:
         infos = zf.infolist()
-        zip_size = source.stat().st_size if isinstance(source, Path) else int(size or 0)
+        zip_size = source.stat().st_size if isinstance(source, Path) else source.seek(0, 2)
         total = check_members(infos, zip_size, max_bytes)
         with reserve(folder, total):
             return _inflate(zf, infos, into, min(total, max_bytes))

@@ -12,6 +12,7 @@ with the generations it failed for and when to try again (listing.backoff).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -159,11 +160,9 @@ def _download(obj: Obj, part: Path, transfers: Transfers, counter: Counter, *, i
             pieces = [transfers.fetch_range(obj, part, 0, None, counter)]
         except Exception as exc:
             raise_download_error([exc], obj.name)
-    elif obj.size >= xfer.LARGE_OBJECT:
-        with transfers.large_slot():
-            pieces = wait(transfers.fetch(obj, part, counter), obj.name)
     else:
-        pieces = wait(transfers.fetch(obj, part, counter), obj.name)
+        with transfers.large_slot() if obj.size >= xfer.LARGE_OBJECT else contextlib.nullcontext():
+            pieces = wait(transfers.fetch(obj, part, counter), obj.name)
     why = check_pieces(part, obj, pieces)
     if why:
         raise SetFailed(f"{obj.name}: downloaded content does not match GCS ({why})")
@@ -180,7 +179,7 @@ def _stream_zip(obj: Obj, part: Path, tree: Path, folder: Path, transfers: Trans
         arriving = streaming.Arriving(transfers, obj, part, counter, on_landed=release)
         try:
             with arriving.reader() as src:
-                files = extract(src, tree, folder, max_bytes=max_bytes, size=obj.size)
+                files = extract(src, tree, folder, max_bytes=max_bytes)
             pieces = arriving.finish()
         except BaseException:
             arriving.stop()  # nothing may still write into staging when it is removed

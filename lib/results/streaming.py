@@ -34,7 +34,7 @@ class Arriving:
         """`on_landed` is called (from a pool thread) once no slice is left to fetch or in flight."""
         self.transfers, self.obj, self.dest, self.count = transfers, obj, dest, count
         self.on_landed = on_landed
-        self.ranges = [(start, min(start + xfer.SLICE, obj.size) - 1) for start in range(0, obj.size, xfer.SLICE)]
+        self.ranges = xfer.slices(obj.size)
         self._todo = deque([len(self.ranges) - 1, *range(len(self.ranges) - 1)])  # the zip's directory first
         self._done: set[int] = set()
         self._pieces: list[Piece] = []

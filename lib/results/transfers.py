@@ -159,13 +159,13 @@ class Transfers:
         finishing together. A zip gives the turn back when its last slice lands, before its last inflate.
         """
         self._large.acquire()
-        done = threading.Event()
         guard = threading.Lock()
+        held = [True]
 
         def release() -> None:
             with guard:
-                if not done.is_set():
-                    done.set()
+                if held:
+                    held.clear()
                     self._large.release()
 
         if self.cancel.is_set():
@@ -250,8 +250,7 @@ class Transfers:
             return [self.pool.submit(self.fetch_range, obj, dest, 0, None, count)]
         with open(dest, "wb") as fh:
             fh.truncate(obj.size)
-        return [self.pool.submit(self.fetch_range, obj, dest, start, min(start + SLICE, obj.size) - 1, count)
-                for start in range(0, obj.size, SLICE)]
+        return [self.pool.submit(self.fetch_range, obj, dest, start, end, count) for start, end in slices(obj.size)]
 
     def delete(self, objs: list[Obj]) -> int:
         """Delete each object only at the generation we verified; returns how many were kept (replaced meanwhile).
@@ -263,6 +262,11 @@ class Transfers:
         step = storage.BATCH_MAX
         futures = [self.pool.submit(storage.delete_many, self.cfg, pairs[i : i + step]) for i in range(0, len(pairs), step)]
         return sum(1 for f in futures for state in f.result().values() if state == "kept")
+
+
+def slices(size: int) -> list[tuple[int, int]]:
+    """The (first, last) byte of each SLICE-sized piece of an object of `size` bytes, in offset order."""
+    return [(start, min(start + SLICE, size) - 1) for start in range(0, size, SLICE)]
 
 
 def _widen_pool(client: Any, size: int) -> None:
